@@ -1,0 +1,63 @@
+"""motion_adapter: teach a text-to-video diffusion model a new motion from a few clips, as a small LoRA adapter.
+
+Importing the package adds the adapter methods (`pipe.load_motion_adapter(...)` and the rest) to diffusers'
+pipelines. Public names only; no logic lives here.
+"""
+
+from .errors import (
+    AdapterFormatError,
+    AdapterNotFoundError,
+    AdapterStateError,
+    IncompatibleAdapterError,
+    MotionAdapterError,
+    TargetError,
+)
+from .format import AdapterInfo
+from .format import read_info as inspect
+from .hub import resolve_source
+from .pipeline import (
+    add_motion_adapter,
+    delete_motion_adapter,
+    disable_motion_adapters,
+    enable_motion_adapters,
+    fuse_motion_adapters,
+    learn_token,
+    load_motion_adapter,
+    motion_adapter_weights,
+    register_pipeline_methods,
+    save_motion_adapter,
+    set_motion_adapters,
+    unfuse_motion_adapters,
+    unload_motion_adapters,
+)
+from .targets import TargetSpec, resolve_targets
+
+__version__ = "0.1.0"
+
+register_pipeline_methods()
+
+__all__ = [
+    "AdapterFormatError",
+    "AdapterInfo",
+    "AdapterNotFoundError",
+    "AdapterStateError",
+    "IncompatibleAdapterError",
+    "MotionAdapterError",
+    "TargetError",
+    "TargetSpec",
+    "add_motion_adapter",
+    "delete_motion_adapter",
+    "disable_motion_adapters",
+    "enable_motion_adapters",
+    "fuse_motion_adapters",
+    "inspect",
+    "learn_token",
+    "load_motion_adapter",
+    "motion_adapter_weights",
+    "resolve_source",
+    "resolve_targets",
+    "save_motion_adapter",
+    "set_motion_adapters",
+    "unfuse_motion_adapters",
+    "unload_motion_adapters",
+]

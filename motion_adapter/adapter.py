@@ -1,0 +1,163 @@
+"""LoRA layers inside a denoiser, through peft: inject, read and write their tensors, mix, train, fuse, remove.
+
+The only module that imports peft. It works on a bare denoiser (nn.Module) and knows nothing of pipelines,
+files or tokens. Several adapters live side by side in each layer; which are active and at what scale is set
+per module by `apply_mix`, so that loading a second adapter never switches the first off.
+"""
+
+import re
+import warnings
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from .format import LoraPair
+
+
+def lora_layers(denoiser: nn.Module) -> dict[str, LoraLayer]:
+    """Every layer that carries at least one LoRA, by module path."""
+    return {name: module for name, module in denoiser.named_modules() if isinstance(module, LoraLayer)}
+
+
+def adapter_names(denoiser: nn.Module) -> set[str]:
+    return {name for layer in lora_layers(denoiser).values() for name in layer.lora_A}
+
+
+def inject(
+    denoiser: nn.Module,
+    adapter_name: str,
+    ranks: dict[str, int],
+    alphas: dict[str, float],
+    *,
+    dropout: float = 0.0,
+    empty: bool = False,
+) -> None:
+    """Add LoRA `adapter_name` to exactly the modules in `ranks` (module path -> rank), with their alphas.
+
+    `empty=True` creates the tensors on the meta device, for a caller that assigns every one of them next
+    (`set_state`): loading then skips peft's random initialisation. Fresh adapters start with B = 0 (no change).
+    """
+    rank = _most_common(ranks.values())
+    alpha = _most_common(alphas.values())
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules="^(?:" + "|".join(re.escape(name) for name in sorted(ranks)) + ")$",
+        rank_pattern={re.escape(name): r for name, r in ranks.items() if r != rank},
+        alpha_pattern={re.escape(name): a for name, a in alphas.items() if a != alpha},
+        lora_dropout=dropout,
+        inference_mode=True,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        inject_adapter_in_model(config, denoiser, adapter_name=adapter_name, low_cpu_mem_usage=empty)
+
+
+def _most_common(values):
+    values = list(values)
+    return max(set(values), key=values.count)
+
+
+def get_state(denoiser: nn.Module, adapter_name: str) -> dict[str, LoraPair]:
+    """The tensors of one adapter, by module path (detached copies on the CPU, float32)."""
+    state = {}
+    for name, layer in lora_layers(denoiser).items():
+        if adapter_name in layer.lora_A:
+            state[name] = LoraPair(
+                down=layer.lora_A[adapter_name].weight.detach().float().cpu().clone(),
+                up=layer.lora_B[adapter_name].weight.detach().float().cpu().clone(),
+                alpha=float(layer.lora_alpha[adapter_name]),
+            )
+    return state
+
+
+def set_state(denoiser: nn.Module, adapter_name: str, modules: dict[str, LoraPair]) -> None:
+    """Put tensors into an injected adapter, in each base layer's dtype and device (assigns, so meta tensors work)."""
+    layers = lora_layers(denoiser)
+    for name, pair in modules.items():
+        layer = layers[name]
+        base = layer.get_base_layer().weight
+        for factors, tensor in ((layer.lora_A, pair.down), (layer.lora_B, pair.up)):
+            factors[adapter_name].weight = nn.Parameter(tensor.to(base.device, base.dtype), requires_grad=False)
+
+
+def apply_mix(denoiser: nn.Module, active: list[str], scale) -> None:
+    """Activate `active` adapters in every layer, each at `scale(adapter, module_path)` times alpha / rank."""
+    for name, layer in lora_layers(denoiser).items():
+        present = [adapter for adapter in active if adapter in layer.lora_A]
+        layer.set_adapter(present, inference_mode=True)
+        for adapter in layer.lora_A:
+            layer.set_scale(adapter, scale(adapter, name) if adapter in present else 0.0)
+
+
+def set_trainable(denoiser: nn.Module, adapter_name: str | None) -> list[nn.Parameter]:
+    """Freeze every parameter of the denoiser but `adapter_name`'s LoRA tensors; return those."""
+    denoiser.requires_grad_(False)
+    trainable = []
+    if adapter_name is None:
+        return trainable
+    for layer in lora_layers(denoiser).values():
+        if adapter_name in layer.lora_A:
+            for factors in (layer.lora_A, layer.lora_B):
+                factors[adapter_name].weight.requires_grad_(True)
+                trainable.append(factors[adapter_name].weight)
+    return trainable
+
+
+def fuse(denoiser: nn.Module) -> dict[str, LoraLayer]:
+    """Fold each layer's active adapters, at their current scales, into its base weight.
+
+    The LoRA layers are then taken out of the model, so a fused model runs exactly the base model's code; they
+    are returned, to be put back by `unfuse`.
+    """
+    layers = lora_layers(denoiser)
+    for name, layer in layers.items():
+        active = [adapter for adapter in layer.active_adapters if adapter in layer.lora_A]
+        if active:
+            layer.merge(adapter_names=active)
+        _replace(denoiser, name, layer.get_base_layer())
+    return layers
+
+
+def unfuse(denoiser: nn.Module, layers: dict[str, LoraLayer]) -> None:
+    """Put the LoRA layers back and subtract what `fuse` added (the base weights up to floating-point rounding)."""
+    for name, layer in layers.items():
+        _replace(denoiser, name, layer)
+        while layer.merged:
+            layer.unmerge()
+
+
+def delete(denoiser: nn.Module, adapter_name: str) -> None:
+    """Remove one adapter; a layer left with no adapter becomes its base layer again."""
+    for name, layer in lora_layers(denoiser).items():
+        if adapter_name in layer.lora_A:
+            layer.delete_adapter(adapter_name)
+            if not layer.lora_A:
+                _replace(denoiser, name, layer.get_base_layer())
+    config = getattr(denoiser, "peft_config", None)
+    if isinstance(config, dict):
+        config.pop(adapter_name, None)
+        if not config:
+            del denoiser.peft_config
+
+
+def remove_all(denoiser: nn.Module) -> None:
+    """Put every base layer back in place of its LoRA layer: the same module objects, their weights untouched."""
+    for name, layer in lora_layers(denoiser).items():
+        _replace(denoiser, name, layer.get_base_layer())
+    if hasattr(denoiser, "peft_config"):
+        del denoiser.peft_config
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, child, module)
+
+
+@torch.no_grad()
+def delta_weight(denoiser: nn.Module, module_path: str, adapter_name: str) -> torch.Tensor:
+    """The weight change one adapter makes to one module at its current scale (for tests and compression)."""
+    layer = lora_layers(denoiser)[module_path]
+    return layer.get_delta_weight(adapter_name)

@@ -1,0 +1,416 @@
+"""Write and read the adapter on disk: LoRA tensors in diffusers' key form, the header, learned token embeddings.
+
+A folder holds `pytorch_lora_weights.safetensors` (+ `learned_embeds.safetensors`, + a model card); a single
+`.safetensors` file holds the same tensors and header, embeddings under `token_embeddings.<token>`. The header
+is the single source of truth. Only safetensors is read or written, never pickle. Files are written atomically.
+
+Reading also accepts LoRA files made elsewhere: peft or diffusers keys (`lora_A`/`lora_B`, with or without an
+adapter name) and the older `lora.down`/`lora.up` form with per-module `alpha`.
+"""
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .constants import (
+    CARD_MARKER,
+    CARD_NAME,
+    DIFFUSERS_METADATA_KEY,
+    EMBEDDING_KEY_PREFIX,
+    EMBEDDINGS_NAME,
+    FORMAT_VERSION,
+    HEADER_KEY,
+    KINDS,
+    PICKLE_SUFFIXES,
+    STORAGE_DTYPES,
+    WEIGHTS_NAME,
+)
+from .errors import AdapterFormatError
+
+
+@dataclass
+class LoraPair:
+    """One module's LoRA: delta W = (alpha / rank) * up @ down."""
+
+    down: torch.Tensor  # lora_A: (rank, in) or (rank, in, *kernel)
+    up: torch.Tensor  # lora_B: (out, rank) or (out, rank, 1, ...)
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+
+@dataclass
+class AdapterInfo:
+    """What an adapter's header says, plus its size on disk (see `inspect`)."""
+
+    kind: str  # "motion", "subject", or "lora" for a plain LoRA file made by another tool
+    tokens: list[str]
+    prompt_template: str | None
+    base_model: str | None
+    preset: str | None
+    rank: int
+    alpha: float
+    num_params: int
+    file_bytes: int
+    format_version: int  # 0 for a file without this project's header
+    component: str = "unet"
+    base_class: str | None = None
+    fingerprint: str | None = None
+    learned_tokens: list[str] = field(default_factory=list)
+    training: dict | None = None
+    path: str = ""
+
+    def header(self) -> dict:
+        """The JSON-able header this info is written as (size and path are facts of the file, not header)."""
+        fields = asdict(self)
+        del fields["file_bytes"], fields["path"]
+        return fields
+
+    def __str__(self) -> str:
+        rows = [
+            ("path", self.path),
+            ("kind", self.kind),
+            ("tokens", ", ".join(self.tokens) or "-"),
+            ("learned tokens", ", ".join(self.learned_tokens) or "-"),
+            ("prompt template", self.prompt_template or "-"),
+            ("base model", f"{self.base_model or '-'} ({self.base_class or '?'}, fingerprint {self.fingerprint or '?'})"),
+            ("preset", self.preset or "-"),
+            ("rank / alpha", f"{self.rank} / {self.alpha:g}"),
+            ("parameters", f"{self.num_params:,}"),
+            ("bytes", f"{self.file_bytes:,}"),
+            ("format version", str(self.format_version)),
+        ]
+        if self.training:
+            rows.append(("training", ", ".join(f"{k}={v}" for k, v in self.training.items())))
+        return "\n".join(f"{key:<16} {value}" for key, value in rows)
+
+
+@dataclass
+class AdapterFile:
+    """An adapter read from disk: its header and its tensors (float32)."""
+
+    info: AdapterInfo
+    modules: dict[str, LoraPair]  # module path in the denoiser -> its LoRA
+    embeddings: dict[str, torch.Tensor]  # token -> embedding row
+
+
+# ---------------------------------------------------------------- writing
+
+
+def storage_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    name = str(dtype).removeprefix("torch.")
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"dtype={dtype!r} cannot store an adapter; choose one of {', '.join(STORAGE_DTYPES)}")
+    return getattr(torch, name)
+
+
+def write_adapter(
+    path: str | os.PathLike,
+    info: AdapterInfo,
+    modules: dict[str, LoraPair],
+    *,
+    embeddings: dict[str, torch.Tensor] | None = None,
+    dtype: str | torch.dtype = "float16",
+    card: str | None = None,
+) -> Path:
+    """Write an adapter as a folder, or as one file when `path` ends in `.safetensors`. Returns the path."""
+    path = Path(path)
+    dtype = storage_dtype(dtype)
+    embeddings = embeddings or {}
+    if info.kind not in KINDS:
+        raise ValueError(f"kind={info.kind!r}; an adapter's kind is one of {', '.join(KINDS)}")
+    info.learned_tokens = sorted(embeddings)
+    tensors = _lora_tensors(modules, info.component, dtype)
+    metadata = {
+        "format": "pt",
+        DIFFUSERS_METADATA_KEY: json.dumps(_diffusers_metadata(modules, info), sort_keys=True),
+        HEADER_KEY: json.dumps(info.header(), sort_keys=True),
+    }
+    embeddings = {token: row.detach().to("cpu", dtype).contiguous() for token, row in embeddings.items()}
+    if path.suffix == ".safetensors":
+        tensors.update({EMBEDDING_KEY_PREFIX + token: row for token, row in embeddings.items()})
+        _atomic_save(tensors, path, metadata)
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    if card is not None:
+        write_card(path / CARD_NAME, card)
+    if embeddings:
+        _atomic_save(embeddings, path / EMBEDDINGS_NAME, {"format": "pt"})
+    elif (path / EMBEDDINGS_NAME).exists():
+        (path / EMBEDDINGS_NAME).unlink()  # a stale file from an earlier save would add tokens this adapter lacks
+    _atomic_save(tensors, path / WEIGHTS_NAME, metadata)
+    return path
+
+
+def write_card(path: Path, card: str) -> bool:
+    """Write a model card, unless a README that this library did not write is already there. True if written."""
+    if path.exists() and CARD_MARKER not in path.read_text(encoding="utf-8", errors="replace"):
+        return False
+    atomic_write_bytes(path, (card if CARD_MARKER in card else f"{card.rstrip()}\n\n{CARD_MARKER}\n").encode())
+    return True
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _temporary_sibling(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    with _temporary_sibling(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+
+
+class _temporary_sibling:
+    """A temporary path next to `path`, moved onto it on success and removed on failure (atomic on one disk)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _lora_tensors(modules: dict[str, LoraPair], component: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name, pair in modules.items():
+        tensors[f"{component}.{name}.lora_A.weight"] = pair.down.detach().to("cpu", dtype).contiguous()
+        tensors[f"{component}.{name}.lora_B.weight"] = pair.up.detach().to("cpu", dtype).contiguous()
+    return tensors
+
+
+def _diffusers_metadata(modules: dict[str, LoraPair], info: AdapterInfo) -> dict:
+    """diffusers' `lora_adapter_metadata`: LoraConfig fields prefixed by the component, as its loaders expect."""
+    config = {"r": info.rank, "lora_alpha": info.alpha, "target_modules": sorted(modules)}
+    rank_pattern = {name: pair.rank for name, pair in modules.items() if pair.rank != info.rank}
+    alpha_pattern = {name: pair.alpha for name, pair in modules.items() if pair.alpha != info.alpha}
+    if rank_pattern:
+        config["rank_pattern"] = rank_pattern
+    if alpha_pattern:
+        config["alpha_pattern"] = alpha_pattern
+    return {f"{info.component}.{key}": value for key, value in config.items()}
+
+
+# ---------------------------------------------------------------- reading
+
+
+def adapter_files(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """The weights file and the embeddings file (or None) of a local adapter folder or single file."""
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise AdapterFormatError(
+            f"{path} is a pickle file; motion_adapter reads only safetensors, which cannot run code when loaded. "
+            "Convert it with safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter.safetensors')"
+        )
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise AdapterFormatError(f"{path} is not a .safetensors file; an adapter is a folder or a .safetensors file")
+        return path, None
+    if not path.is_dir():
+        raise FileNotFoundError(f"no adapter at {path}")
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        candidates = [p for p in path.iterdir() if p.suffix == ".safetensors" and p.name != EMBEDDINGS_NAME]
+        pickles = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        if len(candidates) == 1:
+            weights = candidates[0]
+        elif pickles:
+            raise AdapterFormatError(
+                f"{path} holds only pickle weights ({', '.join(pickles)}); motion_adapter reads only safetensors. "
+                "Re-save the LoRA with safe_serialization=True"
+            )
+        else:
+            raise AdapterFormatError(f"{path} has no {WEIGHTS_NAME}; is it an adapter folder?")
+    embeddings = path / EMBEDDINGS_NAME
+    return weights, embeddings if embeddings.is_file() else None
+
+
+def read_info(path: str | os.PathLike) -> AdapterInfo:
+    """Read only the header of an adapter: cheap, no tensors are loaded."""
+    weights, embeddings = adapter_files(path)
+    metadata, shapes = _read_header(weights)
+    ranks, num_params = {}, 0
+    for key, shape in shapes.items():
+        if key.startswith(EMBEDDING_KEY_PREFIX):
+            continue
+        module, part = _split_key(weights, key)
+        num_params += math.prod(shape) if part != "alpha" else 0
+        if part == "down":
+            ranks[module] = shape[0]
+    return _info(path, weights, embeddings, metadata, ranks, num_params)
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterFile:
+    """Read and validate a whole adapter into float32 tensors; any damage raises AdapterFormatError."""
+    weights, embeddings_file = adapter_files(path)
+    metadata, _ = _read_header(weights)
+    tensors = _read_tensors(weights)
+    embeddings = {k.removeprefix(EMBEDDING_KEY_PREFIX): v for k, v in tensors.items() if k.startswith(EMBEDDING_KEY_PREFIX)}
+    if embeddings_file is not None:
+        embeddings.update(_read_tensors(embeddings_file))
+    lora = {k: v for k, v in tensors.items() if not k.startswith(EMBEDDING_KEY_PREFIX)}
+    modules = _parse_lora(weights, lora, _alpha_lookup(weights, metadata))
+    ranks = {name: pair.rank for name, pair in modules.items()}
+    num_params = sum(pair.down.numel() + pair.up.numel() for pair in modules.values())
+    info = _info(path, weights, embeddings_file, metadata, ranks, num_params)
+    if info.format_version and sorted(embeddings) != sorted(info.learned_tokens):
+        raise AdapterFormatError(
+            f"{path}: the header lists learned tokens {info.learned_tokens} but the files hold {sorted(embeddings)}; "
+            "the adapter is incomplete, save it again"
+        )
+    for token, row in embeddings.items():
+        if row.ndim != 1:
+            raise AdapterFormatError(f"{path}: the embedding of token {token!r} has shape {tuple(row.shape)}, not (dim,)")
+    return AdapterFile(info=info, modules=modules, embeddings=embeddings)
+
+
+def _read_header(file: Path) -> tuple[dict[str, str], dict[str, list[int]]]:
+    try:
+        with safe_open(file, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise AdapterFormatError(f"{file} is damaged or not a safetensors file ({error}); download or save it again")
+    return metadata, shapes
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(file, framework="pt") as handle:
+            return {key: handle.get_tensor(key).float() for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise AdapterFormatError(f"{file} is damaged or not a safetensors file ({error}); download or save it again")
+
+
+_LORA_KEY = re.compile(
+    r"^(?:(?P<component>unet|transformer)\.)?(?:base_model\.model\.)?(?P<module>.+?)\."
+    r"(?:(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.weight|lora\.(?P<old>down|up)\.weight|(?P<alpha>alpha))$"
+)
+
+
+def _split_key(file: Path, key: str) -> tuple[str, str]:
+    """(module path, "down" | "up" | "alpha") of one tensor key, in any of the accepted key forms."""
+    if key.startswith(("text_encoder.", "text_encoder_2.")):
+        raise AdapterFormatError(
+            f"{file} holds text-encoder LoRA weights ({key}); motion_adapter adapts only the denoiser"
+        )
+    match = _LORA_KEY.match(key)
+    if match is None:
+        raise AdapterFormatError(f"{file}: tensor {key!r} is not a LoRA weight of a known key form")
+    part = match["part"] or match["old"] or "alpha"
+    return match["module"], {"lora_A": "down", "lora_B": "up"}.get(part, part)
+
+
+def _header(file: Path, metadata: dict[str, str]) -> dict | None:
+    raw = metadata.get(HEADER_KEY)
+    if raw is None:
+        return None
+    try:
+        header = json.loads(raw)
+        version = int(header["format_version"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise AdapterFormatError(f"{file}: the {HEADER_KEY!r} header is not valid ({error}); save the adapter again")
+    if version > FORMAT_VERSION:
+        raise AdapterFormatError(
+            f"{file} uses adapter format version {version}, newer than this motion_adapter reads ({FORMAT_VERSION}); "
+            "upgrade with `pip install -U motion-adapter`"
+        )
+    return header
+
+
+def _diffusers_config(metadata: dict[str, str]) -> dict:
+    """diffusers' LoraConfig fields from the header, without their component prefix ({} when absent)."""
+    try:
+        config = json.loads(metadata.get(DIFFUSERS_METADATA_KEY) or "{}")
+    except ValueError:
+        return {}
+    return {key.split(".", 1)[-1]: value for key, value in config.items()}
+
+
+def _alpha_lookup(file: Path, metadata: dict[str, str]):
+    """A function (module, rank) -> alpha: the header's pattern or global alpha; a file without one gets alpha = rank."""
+    header = _header(file, metadata)
+    config = _diffusers_config(metadata)
+    pattern = config.get("alpha_pattern") or {}
+    default = header["alpha"] if header is not None else config.get("lora_alpha")
+
+    def alpha(module: str, rank: int) -> float:
+        return float(pattern.get(module, default if default is not None else rank))
+
+    return alpha
+
+
+def _parse_lora(file: Path, tensors: dict[str, torch.Tensor], alpha_of) -> dict[str, LoraPair]:
+    """Group tensors into one LoraPair per module and check that each pair is whole and finite."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        module, part = _split_key(file, key)
+        parts.setdefault(module, {})[part] = tensor
+    modules = {}
+    for name, found in sorted(parts.items()):
+        if "down" not in found or "up" not in found:
+            missing = "lora_A (down)" if "down" not in found else "lora_B (up)"
+            raise AdapterFormatError(f"{file}: module {name} has no {missing} tensor; the file is incomplete")
+        down, up = found["down"], found["up"]
+        if up.shape[1] != down.shape[0]:
+            raise AdapterFormatError(
+                f"{file}: module {name} has lora_A of shape {tuple(down.shape)} and lora_B of shape "
+                f"{tuple(up.shape)}, whose ranks disagree"
+            )
+        if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
+            raise AdapterFormatError(f"{file}: module {name} holds NaN or infinite values")
+        alpha = float(found["alpha"]) if "alpha" in found else alpha_of(name, down.shape[0])
+        modules[name] = LoraPair(down=down, up=up, alpha=alpha)
+    if not modules:
+        raise AdapterFormatError(f"{file} holds no LoRA tensors")
+    return modules
+
+
+def _info(path, weights: Path, embeddings: Path | None, metadata, ranks: dict[str, int], num_params: int) -> AdapterInfo:
+    """The AdapterInfo from this project's header, or from what a foreign file's tensors say."""
+    file_bytes = weights.stat().st_size + (embeddings.stat().st_size if embeddings else 0)
+    header = _header(weights, metadata)
+    if header is not None:
+        known = set(AdapterInfo.__dataclass_fields__) - {"file_bytes", "path"}
+        fields = {key: value for key, value in header.items() if key in known}
+        try:
+            return AdapterInfo(**fields, file_bytes=file_bytes, path=str(path))
+        except TypeError as error:
+            raise AdapterFormatError(f"{weights}: the {HEADER_KEY!r} header lacks a field ({error}); save it again")
+    if not ranks:
+        raise AdapterFormatError(f"{weights} holds no LoRA tensors")
+    counts = list(ranks.values())
+    rank = max(set(counts), key=counts.count)
+    config = _diffusers_config(metadata)
+    return AdapterInfo(
+        kind="lora",
+        tokens=[],
+        prompt_template=None,
+        base_model=None,
+        preset=None,
+        rank=rank,
+        alpha=float(config.get("lora_alpha", rank)),
+        num_params=num_params,
+        file_bytes=file_bytes,
+        format_version=0,
+        path=str(path),
+    )

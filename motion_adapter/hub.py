@@ -1,0 +1,134 @@
+"""Sources and the Hugging Face Hub: resolve a folder, a file or a repo id to local files; write the model card.
+
+The only module that imports huggingface_hub. A local path and a Hub repo id go through `resolve_source`, which
+returns a local path either way, so everything after it is one code path.
+"""
+
+import os
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+
+from .constants import CARD_MARKER, PICKLE_SUFFIXES
+from .errors import AdapterNotFoundError
+from .format import AdapterInfo
+
+CARD_TAGS = ["text-to-video", "lora", "motion-customization", "motion-adapter"]
+LIBRARY_NAME = "motion-adapter"
+
+
+def resolve_source(
+    source: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """A local adapter folder or file as it is, or a Hub repo id downloaded (or found in the cache) to a folder.
+
+    Only `*.safetensors` and the model card are fetched from the Hub: pickle files are never downloaded.
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    text = str(source)
+    looks_local = path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) or text.startswith((".", "/", "~"))
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise AdapterNotFoundError(f"no adapter at {text}: the path does not exist (and it is not a Hub repo id)")
+    try:
+        folder = snapshot_download(
+            text,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            allow_patterns=["*.safetensors", "README.md"],
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
+        raise AdapterNotFoundError(
+            f"{text} is neither a local path nor a Hub repo in the local cache, and the Hub cannot be reached "
+            f"(offline: {type(error).__name__}). Check the name, or download it once while online"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as error:
+        raise AdapterNotFoundError(
+            f"{text} is neither a local path nor a Hub repo that can be read at revision {revision or 'main'} "
+            f"({type(error).__name__}); check the name, the revision, and your access rights"
+        ) from None
+    return Path(folder)
+
+
+def model_card(info: AdapterInfo, *, repo_id: str | None = None, sample: str | None = None) -> str:
+    """A Hub model card that only displays what the adapter's header holds.
+
+    `repo_id` goes into the usage snippet (a local placeholder otherwise); `sample` is the file name of an
+    animation inside the adapter folder.
+    """
+    data = ModelCardData(
+        base_model=info.base_model if _is_hub_id(info.base_model) else None,
+        library_name=LIBRARY_NAME,
+        tags=CARD_TAGS + [info.kind],
+        license="apache-2.0",
+    )
+    source = repo_id or "path/to/this/adapter"
+    token = info.tokens[0] if info.tokens else None
+    prompt = (info.prompt_template or "a bear doing the {token}").format(token=token or "") if token else "a bear dancing"
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# {info.kind} adapter{f' `{token}`' if token else ''}",
+        "",
+        f"A {info.kind} adapter made with [motion_adapter](https://pypi.org/project/motion-adapter/), "
+        f"a LoRA over the `{info.preset}` layers of `{info.base_model or 'its base model'}`.",
+        "",
+        f"- tokens: {', '.join(f'`{t}`' for t in info.tokens) or 'none'}"
+        + (f" (learned embeddings: {', '.join(info.learned_tokens)})" if info.learned_tokens else ""),
+        f"- prompt template: `{info.prompt_template}`" if info.prompt_template else "- prompt template: none",
+        f"- rank {info.rank}, alpha {info.alpha:g}, {info.num_params:,} parameters",
+        f"- base architecture: {info.base_class} (fingerprint `{info.fingerprint}`)",
+    ]
+    if info.training:
+        lines.append("- training: " + ", ".join(f"{key} {value}" for key, value in info.training.items()))
+    if sample:
+        lines += ["", f"![sample]({sample})"]
+    lines += [
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import torch",
+        "from diffusers import DiffusionPipeline",
+        "import motion_adapter  # adds pipe.load_motion_adapter",
+        "",
+        f'pipe = DiffusionPipeline.from_pretrained("{info.base_model}", torch_dtype=torch.float16).to("cuda")',
+        f'pipe.load_motion_adapter("{source}")',
+        f'frames = pipe("{prompt}", num_frames=16).frames[0]',
+        "```",
+        "",
+        CARD_MARKER,
+        "",
+    ]
+    return str(ModelCard("\n".join(lines)))
+
+
+def _is_hub_id(name: str | None) -> bool:
+    if not name:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not Path(name).exists()

@@ -1,0 +1,194 @@
+"""Which layers a customization touches: a table of architectures, and `resolve_targets` that reads it.
+
+Each architecture is a row: the denoiser classes it covers, the pipeline attribute that holds the denoiser, the
+regex of each layer role (first match wins), and the presets as lists of roles. A new video model is a new row.
+Only leaves that can carry a LoRA (Linear, Conv1d/2d/3d) are ever selected: a TemporalConvLayer's GroupNorm is not.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .errors import TargetError
+
+LORA_CAPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ROLE_OTHER = "other"  # a module a user regex selected that no role of the table describes
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One row of the target table."""
+
+    name: str
+    class_names: tuple[str, ...]
+    component: str  # the pipeline attribute holding the denoiser: "unet" or "transformer"
+    roles: dict[str, str]  # role -> regex searched in a module path; the first role that matches wins
+    presets: dict[str, tuple[str, ...]]  # preset -> the roles it selects
+
+
+_SPATIAL_ATTENTION = r"(^|\.)attentions\.\d+\.transformer_blocks\.\d+\."
+
+ARCHITECTURES = (
+    Architecture(
+        name="unet3d",  # ModelScope / ZeroScope (TextToVideoSDPipeline)
+        class_names=("UNet3DConditionModel",),
+        component="unet",
+        roles={
+            "temporal": r"(^transformer_in\.|\.temp_attentions\.|\.temp_convs\.)",
+            "spatial_kv": _SPATIAL_ATTENTION + r"attn2\.to_[kv]$",
+            "spatial_attn": _SPATIAL_ATTENTION + r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$",
+        },
+        presets={
+            "motion": ("temporal", "spatial_kv"),
+            "temporal": ("temporal",),
+            "spatial-kv": ("spatial_kv",),
+            "appearance": ("spatial_kv", "spatial_attn"),
+        },
+    ),
+)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """The modules a preset or regex selects in one denoiser, grouped by role."""
+
+    model_class: str
+    preset: str
+    groups: dict[str, list[str]]  # role -> sorted module paths
+    num_params: int  # base parameters covered by the selection
+    params_by_group: dict[str, int] = field(repr=False)
+    module_names: list[str] = field(init=False)
+
+    def __post_init__(self):
+        names = sorted(name for names in self.groups.values() for name in names)
+        object.__setattr__(self, "module_names", names)
+
+    def role_of(self, module_name: str) -> str:
+        """The role (group) a selected module belongs to."""
+        for role, names in self.groups.items():
+            if module_name in names:
+                return role
+        raise KeyError(module_name)
+
+    def explain(self) -> str:
+        """A small table of what matched: modules and parameters per group."""
+        lines = [f"{self.model_class}, preset {self.preset!r}:"]
+        for role, names in self.groups.items():
+            lines.append(f"  {role:<13} {len(names):>5} modules {self.params_by_group[role] / 1e6:>10.2f} M params")
+        lines.append(f"  {'total':<13} {len(self.module_names):>5} modules {self.num_params / 1e6:>10.2f} M params")
+        return "\n".join(lines)
+
+
+def denoiser_of(pipe_or_denoiser) -> nn.Module:
+    """The denoiser (UNet or transformer) of a pipeline, or the module itself."""
+    if isinstance(pipe_or_denoiser, nn.Module):
+        return pipe_or_denoiser
+    for component in ("unet", "transformer"):
+        module = getattr(pipe_or_denoiser, component, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise TypeError(
+        f"{type(pipe_or_denoiser).__name__} has no `unet` or `transformer`: pass a video diffusion pipeline or its denoiser"
+    )
+
+
+def architecture_of(denoiser: nn.Module) -> Architecture | None:
+    """The table row for this denoiser's class, or None when the table does not know it."""
+    class_name = type(denoiser).__name__
+    return next((arch for arch in ARCHITECTURES if class_name in arch.class_names), None)
+
+
+def known_presets(denoiser: nn.Module) -> list[str]:
+    arch = architecture_of(denoiser)
+    return list(arch.presets) if arch else []
+
+
+def lora_capable_modules(denoiser: nn.Module) -> dict[str, nn.Module]:
+    """Every leaf that can carry a LoRA, by path; layers that already carry one count as their base layer."""
+    found = {}
+    for name, module in denoiser.named_modules():
+        if ".base_layer" in name or ".lora_" in name:
+            continue  # the insides of a layer that already carries a LoRA
+        base = getattr(module, "base_layer", module)
+        if isinstance(base, LORA_CAPABLE):
+            found[name] = base
+    return found
+
+
+def role_of(arch: Architecture | None, module_name: str) -> str:
+    """The first role of the table whose regex matches this module path."""
+    if arch is not None:
+        for role, pattern in arch.roles.items():
+            if re.search(pattern, module_name):
+                return role
+    return ROLE_OTHER
+
+
+def resolve_targets(pipe_or_denoiser, preset: str = "motion") -> TargetSpec:
+    """Resolve a preset name (see the table) or a regex into the modules that get a LoRA.
+
+    A regex is searched in each module path (`re.search`); the selection's groups still use the table's roles.
+    """
+    denoiser = denoiser_of(pipe_or_denoiser)
+    arch = architecture_of(denoiser)
+    class_name = type(denoiser).__name__
+    candidates = lora_capable_modules(denoiser)
+    if arch is not None and preset in arch.presets:
+        wanted = arch.presets[preset]
+        selected = {name: role for name in candidates if (role := role_of(arch, name)) in wanted}
+    else:
+        try:
+            pattern = re.compile(preset)
+        except re.error as error:
+            raise TargetError(f"{preset!r} is neither a preset nor a valid regex ({error}); {_presets_hint(denoiser)}")
+        selected = {name: role_of(arch, name) for name in candidates if pattern.search(name)}
+    if not selected:
+        raise TargetError(
+            f"{preset!r} matched 0 LoRA-capable modules (Linear, Conv) in {class_name}; {_presets_hint(denoiser)}"
+        )
+    role_order = [*(arch.roles if arch else ()), ROLE_OTHER]
+    groups: dict[str, list[str]] = {role: [] for role in role_order}
+    params: dict[str, int] = dict.fromkeys(role_order, 0)
+    for name in sorted(selected):
+        role = selected[name]
+        groups[role].append(name)
+        params[role] += sum(p.numel() for p in candidates[name].parameters())
+    groups = {role: names for role, names in groups.items() if names}
+    params = {role: params[role] for role in groups}
+    return TargetSpec(
+        model_class=class_name, preset=preset, groups=groups, num_params=sum(params.values()), params_by_group=params
+    )
+
+
+def _presets_hint(denoiser: nn.Module) -> str:
+    presets = known_presets(denoiser)
+    if presets:
+        return f"presets for {type(denoiser).__name__} are {', '.join(presets)}"
+    known = ", ".join(name for arch in ARCHITECTURES for name in arch.class_names)
+    return (
+        f"{type(denoiser).__name__} is not in the target table (it knows {known}): pass a regex of module paths, "
+        "or add a row to motion_adapter/targets.py"
+    )
+
+
+def architecture_fingerprint(denoiser: nn.Module) -> str:
+    """A short hash of the denoiser's class and every base parameter's name and shape.
+
+    Two checkpoints of one architecture share it; any change of layers or sizes changes it. LoRA layers injected by
+    peft are ignored, so a model carrying adapters has the fingerprint of its base.
+    """
+    digest = hashlib.sha256(type(denoiser).__name__.encode())
+    for name, param in denoiser.named_parameters():
+        if ".lora_" in name:
+            continue
+        digest.update(f"{name.replace('.base_layer', '')}:{tuple(param.shape)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def module_shape(module: nn.Module) -> tuple[int, int, tuple[int, ...]]:
+    """(in features or channels, out features or channels, kernel size) of a LoRA-capable leaf."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, ()
+    return module.in_channels, module.out_channels, tuple(module.kernel_size)
