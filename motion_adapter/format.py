@@ -130,6 +130,7 @@ def write_adapter(
     if info.kind not in KINDS:
         raise ValueError(f"kind={info.kind!r}; an adapter's kind is one of {', '.join(KINDS)}")
     info.learned_tokens = sorted(embeddings)
+    info.num_params = sum(pair.down.numel() + pair.up.numel() for pair in modules.values())
     tensors = _lora_tensors(modules, info.component, dtype)
     metadata = {
         "format": "pt",

@@ -77,13 +77,14 @@ def add_motion_adapter(
     rank: int = 16,
     alpha: float = 16,
     dropout: float = 0.0,
-    token: str | None = None,
+    token: str | list[str] | None = None,
     kind: str = "motion",
     prompt_template: str | None = None,
     trainable: bool = True,
 ):
     """Add a fresh LoRA (B = 0, so the output is unchanged) over the preset's layers, ready to train.
 
+    `token` is the word the adapter binds (or a list of words: a joint motion + subject adapter binds two).
     With `trainable=True` every other parameter of the denoiser is frozen. Returns the TargetSpec it covers.
     """
     if rank < 1 or not math.isfinite(alpha):
@@ -93,14 +94,14 @@ def add_motion_adapter(
     _check_not_fused(state, "add an adapter")
     denoiser = denoiser_of(pipe)
     spec = resolve_targets(denoiser, preset)
-    tokens = [token] if token else []
+    tokens = [token] if isinstance(token, str) else list(token or [])
     _check_token_clash(state, adapter_name, tokens)
     arch = architecture_of(denoiser)
     info = AdapterInfo(
         kind=kind,
         tokens=tokens,
         prompt_template=prompt_template,
-        base_model=_base_model_id(pipe),
+        base_model=base_model_id(pipe),
         preset=preset,
         rank=rank,
         alpha=float(alpha),
@@ -139,10 +140,7 @@ def save_motion_adapter(
     _check_not_fused(state, "save an adapter")
     modules = adapter.get_state(denoiser, adapter_name)
     info = replace(
-        entry.info,
-        num_params=sum(pair.down.numel() + pair.up.numel() for pair in modules.values()),
-        format_version=FORMAT_VERSION,
-        training=training if training is not None else entry.info.training,
+        entry.info, format_version=FORMAT_VERSION, training=training if training is not None else entry.info.training
     )
     embeddings = {token: _embedding_row(pipe, token) for token in entry.embeddings}
     output_dir = Path(output_dir)
@@ -201,14 +199,27 @@ def load_motion_adapter(
     state = _state(pipe)
     _check_not_fused(state, "load an adapter")
     adapter_name = adapter_name or _name_from_source(source)
-    _check_new_name(state, adapter_name)
+    _check_new_name(state, adapter_name)  # before any download
     _check_weight(adapter_name, weight)
     folder = hub.resolve_source(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     loaded = read_adapter(folder)
-    denoiser = denoiser_of(pipe)
-    _check_fits(denoiser, loaded, _base_model_id(pipe), strict=strict)
     if token is not None:
         loaded = _rename_token(loaded, token)
+    attach_adapter(pipe, adapter_name, loaded, weight=weight, strict=strict)
+    return adapter_name
+
+
+def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weight = 1.0, strict: bool = False) -> None:
+    """Put an adapter that is already in memory (read from disk, or just trained) into the pipeline.
+
+    Everything is checked first; a failure half-way through the injection is rolled back.
+    """
+    state = _state(pipe)
+    _check_not_fused(state, "load an adapter")
+    _check_new_name(state, adapter_name)
+    _check_weight(adapter_name, weight)
+    denoiser = denoiser_of(pipe)
+    _check_fits(denoiser, loaded, base_model_id(pipe), strict=strict)
     _check_token_clash(state, adapter_name, loaded.info.tokens)
     for new_token, row in loaded.embeddings.items():
         _check_new_token(pipe, new_token, row)
@@ -227,7 +238,6 @@ def load_motion_adapter(
     _add_tokens(pipe, state, loaded.embeddings)
     state.adapters[adapter_name] = _Entry(info=loaded.info, roles=roles, weight=weight, embeddings=loaded.embeddings)
     _apply(pipe)
-    return adapter_name
 
 
 def _check_fits(denoiser: nn.Module, loaded: AdapterFile, base_model: str | None, *, strict: bool) -> None:
@@ -378,6 +388,11 @@ def unload_motion_adapters(pipe) -> None:
     del pipe._motion_state
 
 
+def learned_embeddings(pipe, adapter_name: str) -> dict[str, torch.Tensor]:
+    """The current embedding rows of an adapter's learned tokens (as training left them)."""
+    return {token: _embedding_row(pipe, token) for token in _entry(_state(pipe), adapter_name).embeddings}
+
+
 def motion_adapter_weights(pipe) -> dict[str, Weight]:
     """The enabled adapters and their weights, in load order."""
     return {name: entry.weight for name, entry in _state(pipe).adapters.items() if entry.enabled}
@@ -497,9 +512,11 @@ def _rebuild_tokens(pipe, state: _MotionState) -> None:
     """Restore the base tokenizer and embedding table, then add the learned tokens of the adapters still held."""
     if state.base_tokenizer is None:
         return
+    for entry in state.adapters.values():  # keep the rows as they are now (training may have changed them)
+        entry.embeddings = {token: _embedding_row(pipe, token) for token in entry.embeddings}
+    remaining = {token: row for entry in state.adapters.values() for token, row in entry.embeddings.items()}
     pipe.tokenizer = copy.deepcopy(state.base_tokenizer)
     pipe.text_encoder.resize_token_embeddings(state.base_vocab_size, mean_resizing=False)
-    remaining = {token: row for entry in state.adapters.values() for token, row in entry.embeddings.items()}
     if remaining:
         _add_tokens(pipe, state, remaining)
     else:
@@ -511,15 +528,19 @@ def _embedding_row(pipe, token: str) -> torch.Tensor:
     return table[pipe.tokenizer.convert_tokens_to_ids(token)].detach().float().cpu().clone()
 
 
-def _base_model_id(pipe) -> str | None:
+def base_model_id(pipe) -> str | None:
+    """The Hub id or folder the pipeline was loaded from, if it knows it."""
     name = getattr(pipe, "name_or_path", None) if not isinstance(pipe, nn.Module) else None
     return name or getattr(getattr(denoiser_of(pipe), "config", None), "_name_or_path", None) or None
 
 
 def _name_from_source(source) -> str:
-    stem = Path(str(source).rstrip("/")).name
-    stem = stem.removesuffix(".safetensors")
-    return re.sub(r"[^A-Za-z0-9_\-]", "_", stem) or "adapter"
+    return safe_adapter_name(Path(str(source).rstrip("/")).name.removesuffix(".safetensors"))
+
+
+def safe_adapter_name(text: str) -> str:
+    """An adapter name made of the letters, digits, '_' and '-' of `text` ("<sks>" -> "sks")."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "", text.replace(".", "_")) or "adapter"
 
 
 PIPELINE_METHODS = {

@@ -26,6 +26,7 @@ class Architecture:
     component: str  # the pipeline attribute holding the denoiser: "unet" or "transformer"
     roles: dict[str, str]  # role -> regex searched in a module path; the first role that matches wins
     presets: dict[str, tuple[str, ...]]  # preset -> the roles it selects
+    temporal_blocks: tuple[str, ...] = ()  # classes of the blocks that mix frames: bypassed to train on images
 
 
 _SPATIAL_ATTENTION = r"(^|\.)attentions\.\d+\.transformer_blocks\.\d+\."
@@ -46,6 +47,7 @@ ARCHITECTURES = (
             "spatial-kv": ("spatial_kv",),
             "appearance": ("spatial_kv", "spatial_attn"),
         },
+        temporal_blocks=("TransformerTemporalModel", "TemporalConvLayer"),
     ),
 )
 
@@ -127,7 +129,7 @@ def role_of(arch: Architecture | None, module_name: str) -> str:
 
 
 def resolve_targets(pipe_or_denoiser, preset: str = "motion") -> TargetSpec:
-    """Resolve a preset name (see the table) or a regex into the modules that get a LoRA.
+    """Resolve a preset name (see the table), presets joined by "+", or a regex into the modules that get a LoRA.
 
     A regex is searched in each module path (`re.search`); the selection's groups still use the table's roles.
     """
@@ -135,8 +137,9 @@ def resolve_targets(pipe_or_denoiser, preset: str = "motion") -> TargetSpec:
     arch = architecture_of(denoiser)
     class_name = type(denoiser).__name__
     candidates = lora_capable_modules(denoiser)
-    if arch is not None and preset in arch.presets:
-        wanted = arch.presets[preset]
+    parts = preset.split("+")
+    if arch is not None and all(part in arch.presets for part in parts):
+        wanted = {role for part in parts for role in arch.presets[part]}
         selected = {name: role for name in candidates if (role := role_of(arch, name)) in wanted}
     else:
         try:

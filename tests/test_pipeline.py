@@ -194,7 +194,7 @@ def test_adapter_for_another_fingerprint(pipe, tmp_path, monkeypatch):
 
 
 def test_other_checkpoint_of_same_architecture_warns_or_refuses(pipe, adapter_dir, monkeypatch):
-    monkeypatch.setattr(ma.pipeline, "_base_model_id", lambda pipe: "someone/other-checkpoint")
+    monkeypatch.setattr(ma.pipeline, "base_model_id", lambda pipe: "someone/other-checkpoint")
     info_base = "trained on"
     ma.format.read_info(adapter_dir)
     # the fixture adapter has no base model id: give it one through a re-save
