@@ -31,6 +31,8 @@ from .pipeline import (
     unload_motion_adapters,
 )
 from .targets import TargetSpec, resolve_targets
+from .training.config import TrainConfig
+from .training.loop import TrainResult, train_motion, train_subject
 
 __version__ = "0.1.0"
 
@@ -45,6 +47,8 @@ __all__ = [
     "MotionAdapterError",
     "TargetError",
     "TargetSpec",
+    "TrainConfig",
+    "TrainResult",
     "add_motion_adapter",
     "delete_motion_adapter",
     "disable_motion_adapters",
@@ -58,6 +62,8 @@ __all__ = [
     "resolve_targets",
     "save_motion_adapter",
     "set_motion_adapters",
+    "train_motion",
+    "train_subject",
     "unfuse_motion_adapters",
     "unload_motion_adapters",
 ]

@@ -1,0 +1,1 @@
+"""Training: data, timestep samplers, latent caching, checkpoints and the accelerate loop."""

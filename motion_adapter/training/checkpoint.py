@@ -1,0 +1,78 @@
+"""Resumable checkpoints: the trained tensors, the optimizer's state and the step, written atomically.
+
+A checkpoint is a folder `checkpoints/step-000100/` holding `state.safetensors` (tensors) and `state.json`
+(step, learning-rate schedule, the config fields it must match). It is written under a temporary name and
+renamed when complete, so a crash never leaves a folder that looks like a checkpoint. Safetensors only.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step-"
+
+
+def checkpoint_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint under output_dir/checkpoints, or None."""
+    folder = checkpoint_dir(output_dir)
+    found = sorted(folder.glob(f"{PREFIX}*")) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def save_checkpoint(output_dir: Path, step: int, params: list[torch.Tensor], optimizer, scheduler, key: dict) -> Path:
+    """Write the trainable tensors and optimizer state after `step` optimizer steps; returns the folder."""
+    tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
+    optimizer_state = optimizer.state_dict()
+    for index, state in optimizer_state["state"].items():
+        for name, value in state.items():
+            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).cpu().contiguous()
+    meta = {
+        "step": step,
+        "key": key,
+        "param_groups": optimizer_state["param_groups"],
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+    }
+    final = checkpoint_dir(output_dir) / f"{PREFIX}{step:06d}"
+    partial = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_file(tensors, partial / "state.safetensors")
+    (partial / "state.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    return final
+
+
+def load_checkpoint(folder: Path, params: list[torch.Tensor], optimizer, scheduler, key: dict) -> int:
+    """Restore a checkpoint into the given tensors, optimizer and scheduler; returns its step."""
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint (no state.json); checkpoints live in output_dir/checkpoints")
+    meta = json.loads((folder / "state.json").read_text())
+    differing = {k: (meta["key"].get(k), v) for k, v in key.items() if meta["key"].get(k) != v}
+    if differing:
+        details = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in differing.items())
+        raise ValueError(
+            f"{folder} was written by a run with another config ({details}); resume with the same settings, "
+            "or start afresh in another output_dir"
+        )
+    tensors = load_file(folder / "state.safetensors")
+    with torch.no_grad():
+        for i, param in enumerate(params):
+            param.copy_(tensors[f"param.{i}"])
+    state = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, field = name.split(".", 2)
+            state.setdefault(int(index), {})[field] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
+    return int(meta["step"])

@@ -1,0 +1,135 @@
+"""TrainConfig: every training setting, with its help text and its check, in one dataclass.
+
+The command line builds its flags from these fields (`motion-adapter train --help` prints the help texts), and a
+TOML file can hold any subset of them. Defaults are the paper's recipe, except where this project measured better.
+"""
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .timesteps import MODES as TIMESTEP_MODES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TUNINGS = ("lora", "full")
+REG_SOURCES = ("real", "generated")
+LATENT_CACHES = ("memory", "disk", "off")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+DEFAULT_LEARNING_RATES = {"lora": 1e-4, "full": 5e-6}  # full: the paper's; LoRA needs a far larger step
+
+
+def _field(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one customization run (motion or subject)."""
+
+    max_train_steps: int = _field(400, "optimizer steps to train")
+    learning_rate: float | None = _field(None, "AdamW learning rate; None picks the tuning's default (lora 1e-4, full 5e-6)")
+    preset: str = _field("motion", "layers to customize: motion, temporal, spatial-kv, appearance, a+b, or a regex "
+                         "(train_subject: its own preset= argument)")
+    tuning: str = _field("lora", "lora: low-rank adapter; full: a full delta of the selected weights")
+    rank: int = _field(16, "LoRA rank")
+    alpha: float | None = _field(None, "LoRA alpha; None means alpha = rank (scale 1)")
+    dropout: float = _field(0.0, "LoRA dropout")
+    compress_to_rank: int | None = _field(None, "with tuning=full: also save the delta compressed to this LoRA rank (SVD)")
+    timestep_sampling: str = _field("coarse", "uniform, coarse (the paper's: more high-noise steps), fine, cubic")
+    timestep_alpha: float = _field(0.5, "skew of the coarse / fine samplers")
+    reg_weight: float = _field(0.5, "weight lambda of the regularization clip's loss")
+    reg_source: str = _field("real", "real: clips from reg_data; generated: clips the base model makes from reg_prompts")
+    reg_prompts: list[str] | None = _field(None, "prompts for reg_source=generated")
+    num_reg_generated: int = _field(8, "how many clips to generate for reg_source=generated")
+    num_frames: int = _field(16, "frames per training window")
+    height: int = _field(384, "training height in pixels")
+    width: int = _field(384, "training width in pixels")
+    frame_stride: int = _field(1, "keep every n-th frame of a clip")
+    fps: float | None = _field(None, "resample clips to this frame rate instead of a stride")
+    caption_template: str = _field("a person doing the {token}", "caption for clips without metadata.jsonl or .txt")
+    skip_bad_clips: bool = _field(False, "skip unreadable or too short clips with a warning instead of failing")
+    bucket: bool = _field(False, "aspect buckets: keep each clip's aspect ratio at about the same pixel count")
+    latent_cache: str = _field("memory", "encode clips once: memory, disk (output_dir/latent_cache), or off")
+    seed: int = _field(0, "seed of everything random in the run")
+    mixed_precision: str = _field("no", "no, fp16 or bf16 (the paper trains in fp16)")
+    gradient_checkpointing: bool = _field(False, "recompute activations in the backward pass to save memory")
+    gradient_accumulation_steps: int = _field(1, "micro-steps per optimizer step")
+    warmup_steps: int = _field(0, "linear learning-rate warm-up steps")
+    weight_decay: float = _field(0.01, "AdamW weight decay")
+    max_grad_norm: float = _field(1.0, "gradient clipping norm")
+    use_8bit_adam: str = _field("auto", "auto: 8-bit AdamW when bitsandbytes and a GPU are present; yes; no")
+    checkpoint_every: int = _field(0, "write a resumable checkpoint every n steps (0: never)")
+    resume: str | None = _field(None, "resume from a checkpoint folder, or 'latest' in output_dir/checkpoints")
+    validation_prompts: list[str] | None = _field(None, "prompts sampled during training into output_dir/samples")
+    validation_every: int = _field(0, "sample the validation prompts every n steps (0: only at the end)")
+    validation_steps: int = _field(25, "denoising steps of the validation samples")
+    guidance_scale: float = _field(9.0, "classifier-free guidance of the validation samples")
+    motion_first_steps: int = _field(0, "joint subject+motion training: steps on the motion alone before both")
+    report_to: str | None = _field(None, "accelerate tracker, e.g. tensorboard (logs under output_dir/logs)")
+    dtype: str = _field("float16", "storage dtype of the saved adapter: float16, bfloat16, float32")
+
+    def __post_init__(self):
+        checks = [
+            (self.max_train_steps >= 1, "max_train_steps must be >= 1"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.tuning in TUNINGS, f"tuning must be one of {', '.join(TUNINGS)}"),
+            (self.rank >= 1, "rank must be >= 1"),
+            (self.alpha is None or math.isfinite(self.alpha), "alpha must be finite"),
+            (0.0 <= self.dropout < 1.0, "dropout must lie in [0, 1)"),
+            (self.compress_to_rank is None or (self.tuning == "full" and self.compress_to_rank >= 1),
+             "compress_to_rank needs tuning='full' and a rank >= 1"),
+            (self.timestep_sampling in TIMESTEP_MODES, f"timestep_sampling must be one of {', '.join(TIMESTEP_MODES)}"),
+            (0.0 <= self.timestep_alpha < 1.0, "timestep_alpha must lie in [0, 1)"),
+            (self.reg_weight >= 0.0, "reg_weight must be >= 0"),
+            (self.reg_source in REG_SOURCES, f"reg_source must be one of {', '.join(REG_SOURCES)}"),
+            (self.num_frames >= 1 and self.height >= 1 and self.width >= 1, "num_frames, height, width must be >= 1"),
+            (self.frame_stride >= 1, "frame_stride must be >= 1"),
+            (self.fps is None or self.fps > 0, "fps must be > 0"),
+            ("{token}" in self.caption_template, "caption_template must contain {token}"),
+            (self.latent_cache in LATENT_CACHES, f"latent_cache must be one of {', '.join(LATENT_CACHES)}"),
+            (self.mixed_precision in MIXED_PRECISIONS, f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.warmup_steps >= 0 and self.checkpoint_every >= 0 and self.validation_every >= 0,
+             "warmup_steps, checkpoint_every, validation_every must be >= 0"),
+            (self.use_8bit_adam in ("auto", "yes", "no"), "use_8bit_adam must be auto, yes or no"),
+            (self.motion_first_steps >= 0, "motion_first_steps must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+        if self.reg_source == "generated" and not self.reg_prompts:
+            raise ValueError("TrainConfig: reg_source='generated' needs reg_prompts (e.g. ['a person dancing'])")
+
+    @property
+    def lr(self) -> float:
+        """The learning rate in effect: the given one, or the tuning's default."""
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.tuning]
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_toml(cls, path, **overrides) -> "TrainConfig":
+        """Read fields from a TOML file (top level, or a [train] table); keyword overrides win."""
+        data = tomllib.loads(Path(path).read_text())
+        data = data.get("train", data)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown TrainConfig fields {', '.join(sorted(unknown))}")
+        return cls(**{**data, **overrides})
+
+    def resume_key(self) -> dict:
+        """The fields a checkpoint must agree on to be resumed (what shapes the trained tensors and the data)."""
+        keys = ("preset", "tuning", "rank", "alpha", "num_frames", "height", "width", "seed", "timestep_sampling",
+                "reg_weight", "learning_rate", "gradient_accumulation_steps")
+        return {key: getattr(self, key) for key in keys}

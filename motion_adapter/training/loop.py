@@ -1,0 +1,520 @@
+"""The training loop: the paper's recipe for motions (`train_motion`) and subjects (`train_subject`), on accelerate.
+
+One loop serves both. Each optimizer step draws one target example (a clip of the motion, or a subject image as a
+one-frame clip with the temporal layers bypassed) and, when a regularization set is given, one regularization
+clip, each with its own noise and timestep:  loss = L(target) + reg_weight * L(reg),  where
+L = || model(x_t, c, t) - target ||^2 and the target follows the scheduler (epsilon, v or sample).
+Every step's randomness is seeded by (seed, step, process), so a resumed run repeats an uninterrupted one.
+It runs unchanged under `accelerate launch` with several processes; the main process writes the files.
+"""
+
+import dataclasses
+import math
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
+
+from .. import adapter
+from ..constants import FORMAT_VERSION
+from ..format import AdapterFile, AdapterInfo, read_adapter, write_adapter
+from ..hub import model_card
+from ..pipeline import (
+    add_motion_adapter,
+    attach_adapter,
+    base_model_id,
+    delete_motion_adapter,
+    learn_token,
+    learned_embeddings,
+    safe_adapter_name,
+    save_motion_adapter,
+)
+from ..targets import architecture_fingerprint, architecture_of, resolve_targets
+from ..video import write_video
+from .cache import LatentStore
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import ClipExample, load_clip_folder, load_image_folder, sample_window
+from .timesteps import sample_timesteps
+from .tuning import compress, delta_as_lora
+
+MAX_TOKEN_PIECES = 3  # a token split into more pieces than this is hard to bind: warn
+
+
+@dataclass
+class TrainResult:
+    """What a run made: the adapter folder and a few facts about the run."""
+
+    adapter_dir: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    samples: list[Path] = field(default_factory=list)
+    compressed_dir: Path | None = None
+    energy_kept: float | None = None  # with compress_to_rank: fraction of the full delta's energy kept
+
+
+@dataclass
+class _Set:
+    """One source of training examples: their latents, captions, and whether they are single images."""
+
+    store: LatentStore
+    captions: list[str]
+    images: bool = False
+
+
+def train_motion(pipe, *, data, token: str, output_dir, reg_data=None, config: TrainConfig | None = None) -> TrainResult:
+    """Teach `pipe` the motion shown in the clips of `data`, bound to `token`; write the adapter to `output_dir`.
+
+    `reg_data` is a folder of real clips of similar motions with their own captions (the paper's regularization);
+    with `config.reg_source="generated"` the base model makes them from `config.reg_prompts` instead.
+    The trained adapter stays loaded in `pipe` under the name `token`.
+    """
+    config = config or TrainConfig()
+    accelerator = _accelerator(config, output_dir, images=False)
+    clips = _load_clips(pipe, data, config, Path(output_dir) / "latent_cache" / "clips", token=token)
+    reg = _load_regularization(pipe, reg_data, config, Path(output_dir))
+    return _run(
+        pipe, config, Path(output_dir), accelerator,
+        adapter_name=safe_adapter_name(token), kind="motion", preset=config.preset, tokens=[token],
+        prompt_template=config.caption_template.replace("{token}", token), learned=[],
+        targets=[clips], reg=reg, schedule=lambda step: 0,
+    )  # fmt: skip
+
+
+def train_subject(
+    pipe,
+    *,
+    data,
+    token: str,
+    class_word: str,
+    output_dir,
+    config: TrainConfig | None = None,
+    preset: str | None = None,
+    caption_template: str = "a photo of a {token} {class_word}",
+    motion_data=None,
+    motion_token: str | None = None,
+    reg_data=None,
+) -> TrainResult:
+    """Teach `pipe` a subject from still images of `data`, as a new token whose embedding starts from `class_word`.
+
+    Only spatial layers (preset "appearance") and the token's embedding are trained; images are one-frame clips
+    with the temporal layers bypassed. With `motion_data` and `motion_token`, the paper's joint schedule: the motion
+    alone for `config.motion_first_steps` steps, then both, each step drawn from one of the two sets; one adapter
+    ("motion+appearance" layers) carries both tokens.
+    """
+    config = config or TrainConfig()
+    joint = motion_data is not None
+    if joint != (motion_token is not None):
+        raise ValueError("joint training needs both motion_data and motion_token")
+    preset = preset or ("motion+appearance" if joint else "appearance")
+    accelerator = _accelerator(config, output_dir, images=True)
+    template = caption_template.replace("{class_word}", class_word)
+    cache = Path(output_dir) / "latent_cache"
+    images = _load_images(pipe, data, config, cache / "images", token=token, caption_template=template)
+    targets = [images]
+    if joint:
+        targets.insert(0, _load_clips(pipe, motion_data, config, cache / "clips", token=motion_token))
+    reg = _load_regularization(pipe, reg_data, config, Path(output_dir))
+
+    def schedule(step: int) -> int:  # which target set this step draws from
+        if not joint:
+            return 0
+        return 0 if step < config.motion_first_steps or step % 2 == 0 else 1
+
+    return _run(
+        pipe, config, Path(output_dir), accelerator,
+        adapter_name=safe_adapter_name(token), kind="subject", preset=preset, tokens=[motion_token, token] if joint else [token],
+        prompt_template=template.replace("{token}", token), learned=[(token, class_word)],
+        targets=targets, reg=reg, schedule=schedule,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, tokens, prompt_template, learned,
+         targets, reg, schedule) -> TrainResult:  # fmt: skip
+    started = time.perf_counter()
+    unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    num_timesteps = noise_scheduler.config.num_train_timesteps
+    for token in set(tokens) - {token for token, _ in learned} - {None}:
+        _warn_if_split(pipe, token)  # learned tokens become one new token each
+
+    # 1. the trainable parameters: a LoRA, or the selected weights themselves (full tuning), and learned tokens
+    set_seed(config.seed)  # the LoRA's initial A
+    for module in (vae, text_encoder, unet):
+        module.to(device)
+        if weight_dtype != torch.float32:
+            module.to(dtype=weight_dtype)  # the frozen weights; trainable ones are set back to fp32 below
+    if config.tuning == "lora":
+        add_motion_adapter(
+            pipe, adapter_name, preset=preset, rank=config.rank, alpha=config.lora_alpha, dropout=config.dropout,
+            token=[t for t in tokens if t], kind=kind, prompt_template=prompt_template,
+        )  # fmt: skip
+        params = adapter.set_trainable(unet, adapter_name)
+        originals = {}
+    else:
+        spec = resolve_targets(unet, preset)
+        unet.requires_grad_(False)
+        modules = dict(unet.named_modules())
+        originals = {name: modules[name].weight.detach().cpu().clone() for name in spec.module_names}
+        params = [modules[name].weight for name in spec.module_names]
+        for param in params:
+            param.requires_grad_(True)
+    for param in params:
+        param.data = param.data.float()  # trainable tensors in fp32, even under mixed precision
+    learned_ids = []
+    if learned:
+        if config.tuning == "full":  # a placeholder adapter owns the learned tokens until the delta replaces it
+            add_motion_adapter(pipe, adapter_name, preset=preset, rank=1, token=tokens, kind=kind, trainable=False)
+        for token, class_word in learned:
+            learn_token(pipe, adapter_name, token, init_from=class_word)
+            learned_ids.append(pipe.tokenizer.convert_tokens_to_ids(token))
+        text_encoder = pipe.text_encoder  # resized
+        text_encoder.to(device)
+    embedding = text_encoder.get_input_embeddings().weight if learned else None
+    if embedding is not None:
+        text_encoder.requires_grad_(False)
+        embedding.data = embedding.data.float()
+        embedding.requires_grad_(True)
+        mask = torch.zeros(embedding.shape[0], 1, device=embedding.device)
+        mask[learned_ids] = 1.0
+        embedding.register_hook(lambda grad: grad * mask)  # only the new rows learn
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+
+    # 2. optimizer and learning-rate schedule (the embedding without weight decay: its other rows never move)
+    groups = [{"params": params, "weight_decay": config.weight_decay}]
+    if embedding is not None:
+        groups.append({"params": [embedding], "weight_decay": 0.0})
+    optimizer = _optimizer(config, groups)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    )
+    trained_unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    trained_text = accelerator.prepare(text_encoder) if embedding is not None else text_encoder
+
+    # 3. text embeddings of captions without learned tokens never change: encode them once
+    text_cache = {}
+
+    def encode_text(caption: str) -> torch.Tensor:
+        if embedding is not None and any(token in caption.split() for token, _ in learned):
+            return _encode_prompt(pipe.tokenizer, trained_text, caption, device)
+        if caption not in text_cache:
+            with torch.no_grad():
+                text_cache[caption] = _encode_prompt(pipe.tokenizer, text_encoder, caption, device)
+        return text_cache[caption]
+
+    # 4. resume
+    start_step = 0
+    resume = _resume_folder(config, output_dir)
+    all_params = params + ([embedding] if embedding is not None else [])
+    if resume is not None:
+        start_step = load_checkpoint(resume, all_params, optimizer, lr_scheduler, config.resume_key())
+
+    # 5. the loop
+    unet.train()
+    bypass = _temporal_blocks(unet)
+    progress = tqdm(total=config.max_train_steps, initial=start_step, desc=f"training {adapter_name}",
+                    disable=not accelerator.is_main_process)  # fmt: skip
+    if config.report_to:
+        accelerator.init_trackers("motion_adapter", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
+    step, loss_value, samples = start_step, math.nan, []
+    for micro_step in range(start_step * config.gradient_accumulation_steps,
+                            config.max_train_steps * config.gradient_accumulation_steps):  # fmt: skip
+        generator = torch.Generator().manual_seed(
+            _step_seed(config.seed, micro_step, accelerator.process_index)
+        )
+        torch.manual_seed(_step_seed(config.seed, micro_step, accelerator.process_index))  # LoRA dropout
+        with accelerator.accumulate(trained_unet):
+            batch = [(targets[schedule(step)], 1.0)] + ([(reg, config.reg_weight)] if reg is not None else [])
+            loss = 0.0
+            for data, weight in batch:
+                i = int(torch.randint(len(data.store), (1,), generator=generator))
+                frames = 1 if data.images else config.num_frames
+                window = sample_window(data.store.num_frames(i), frames, generator)
+                latents = data.store.window(i, window).permute(1, 0, 2, 3).unsqueeze(0)  # (f,c,h,w) -> (1,c,f,h,w)
+                latents = latents.to(device, weight_dtype)
+                noise = torch.randn(latents.shape, generator=generator).to(device, weight_dtype)
+                t = sample_timesteps(1, num_timesteps, config.timestep_sampling, config.timestep_alpha, generator)
+                t = t.to(device)
+                noisy = noise_scheduler.add_noise(latents, noise, t)
+                text = encode_text(data.captions[i]).to(weight_dtype)
+                with _bypassed(bypass) if data.images else nullcontext():
+                    prediction = trained_unet(noisy, t, encoder_hidden_states=text).sample
+                target = _target(noise_scheduler, latents, noise, t)
+                loss = loss + weight * F.mse_loss(prediction.float(), target.float())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(all_params, config.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        loss_value = loss.detach().item()
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+        if config.report_to:
+            accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_train_steps:
+            if accelerator.is_main_process:
+                save_checkpoint(output_dir, step, all_params, optimizer, lr_scheduler, config.resume_key())
+            accelerator.wait_for_everyone()
+        if config.validation_every and config.validation_prompts and step % config.validation_every == 0:
+            if accelerator.is_main_process and step < config.max_train_steps:
+                samples += _validate(pipe, config, output_dir, step, unet)
+    progress.close()
+
+    # 6. back to inference: eval mode, fp32 views released, the adapter written by the main process
+    unet.eval()
+    text_encoder.eval()
+    if config.gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+    for param in all_params:
+        param.requires_grad_(False)
+    summary = {
+        "steps": step, "learning_rate": config.lr, "tuning": config.tuning, "timestep_sampling": config.timestep_sampling,
+        "reg_weight": config.reg_weight if reg is not None else 0.0, "num_clips": sum(len(t.store) for t in targets),
+        "num_reg_clips": len(reg.store) if reg is not None else 0, "preset": preset, "rank": config.rank,
+    }  # fmt: skip
+    result = TrainResult(adapter_dir=output_dir, steps=step, final_loss=loss_value, seconds=0.0)
+    if config.tuning == "full":
+        _finish_full(pipe, config, output_dir, originals, adapter_name, kind, tokens, prompt_template, summary,
+                     result, accelerator, has_learned_tokens=bool(learned))  # fmt: skip
+    if accelerator.is_main_process:
+        if config.validation_prompts:
+            samples += _validate(pipe, config, output_dir, step, unet)
+        sample = samples[-1] if samples else None
+        save_motion_adapter(pipe, adapter_name, output_dir, dtype=config.dtype, training=summary, sample=sample)
+    accelerator.wait_for_everyone()
+    if config.report_to:
+        accelerator.end_training()
+    result.samples = samples
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def _accelerator(config: TrainConfig, output_dir, *, images: bool) -> Accelerator:
+    """The accelerate object of a run (single or multi-process); images leave the temporal LoRA unused."""
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.report_to,
+        project_dir=str(Path(output_dir) / "logs"),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=images)],
+    )
+
+
+def _step_seed(seed: int, micro_step: int, process: int) -> int:
+    return (seed * 1_000_003 + micro_step) * 64 + process
+
+
+def _size_multiple(pipe) -> int:
+    """Pixels a training size must divide by: the VAE's factor times the UNet's down-sampling."""
+    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+def _load_clips(pipe, data, config: TrainConfig, cache: Path, *, token: str | None) -> _Set:
+    examples = load_clip_folder(
+        data, token=token, caption_template=config.caption_template if token else None,
+        num_frames=config.num_frames, height=config.height, width=config.width, frame_stride=config.frame_stride,
+        fps=config.fps, multiple_of=_size_multiple(pipe), skip_bad_clips=config.skip_bad_clips, bucket=config.bucket,
+    )  # fmt: skip
+    return _latents(pipe, examples, config, cache, images=False)
+
+
+def _load_images(pipe, data, config: TrainConfig, cache: Path, *, token: str, caption_template: str) -> _Set:
+    examples = load_image_folder(
+        data, token=token, caption_template=caption_template, height=config.height, width=config.width,
+        multiple_of=_size_multiple(pipe),
+    )  # fmt: skip
+    return _latents(pipe, examples, config, cache, images=True)
+
+
+def _latents(pipe, examples: list[ClipExample], config: TrainConfig, cache: Path, *, images: bool) -> _Set:
+    return _Set(
+        store=LatentStore(pipe.vae, examples, mode=config.latent_cache, folder=cache),
+        captions=[example.caption for example in examples],
+        images=images,
+    )
+
+
+def _load_regularization(pipe, reg_data, config: TrainConfig, output_dir: Path) -> _Set | None:
+    """Real regularization clips from a folder, or clips the base model generates from reg_prompts."""
+    cache = output_dir / "latent_cache" / "reg"
+    if config.reg_source == "generated":
+        return _latents(pipe, _generate_clips(pipe, config), config, cache, images=False)
+    if reg_data is None:
+        return None
+    return _load_clips(pipe, reg_data, config, cache, token=None)
+
+
+@torch.no_grad()
+def _generate_clips(pipe, config: TrainConfig) -> list[ClipExample]:
+    """The paper's weaker regularization: clips of the class made by the base model itself, before training."""
+    examples = []
+    for i in range(config.num_reg_generated):
+        prompt = config.reg_prompts[i % len(config.reg_prompts)]
+        frames = _sample(pipe, prompt, config, seed=config.seed + i)
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2) * 2 - 1  # (f,h,w,3) in [0,1] -> (f,3,h,w) in [-1,1]
+        examples.append(ClipExample(frames=clip.float(), caption=prompt, source=Path(f"generated-{i}")))
+    return examples
+
+
+def _sample(pipe, prompt: str, config: TrainConfig, *, seed: int):
+    """One clip (frames, h, w, 3) in [0, 1] at the training size, with the pipeline as it is."""
+    device = pipe.unet.device
+    return pipe(
+        prompt,
+        num_frames=config.num_frames,
+        height=config.height,
+        width=config.width,
+        num_inference_steps=config.validation_steps,
+        guidance_scale=config.guidance_scale,
+        generator=torch.Generator(device).manual_seed(seed),
+        output_type="np",
+    ).frames[0]
+
+
+def _validate(pipe, config: TrainConfig, output_dir: Path, step: int, unet) -> list[Path]:
+    """Sample each validation prompt into output_dir/samples/step-NNNNNN-i.gif; the model stays as it was."""
+    was_training = unet.training
+    unet.eval()
+    paths = []
+    for i, prompt in enumerate(config.validation_prompts):
+        frames = _sample(pipe, prompt, config, seed=config.seed)
+        paths.append(write_video(output_dir / "samples" / f"step-{step:06d}-{i}.gif", frames, fps=8))
+    unet.train(was_training)
+    return paths
+
+
+def _encode_prompt(tokenizer, text_encoder, caption: str, device) -> torch.Tensor:
+    """CLIP text embeddings (1, tokens, dim) of one caption, padded to the tokenizer's length as pipelines do."""
+    ids = tokenizer(
+        caption, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(ids.to(device))[0]
+
+
+def _target(noise_scheduler, latents, noise, t) -> torch.Tensor:
+    """What the model predicts, per the scheduler: the noise, the velocity, or the clean latents."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, t)
+    if kind == "sample":
+        return latents
+    raise ValueError(f"the scheduler's prediction_type {kind!r} is not one of epsilon, v_prediction, sample")
+
+
+def _optimizer(config: TrainConfig, groups):
+    """AdamW; the 8-bit one of bitsandbytes when asked, or on "auto" when it and a GPU are there."""
+    want_8bit = config.use_8bit_adam == "yes" or (config.use_8bit_adam == "auto" and torch.cuda.is_available())
+    if want_8bit:
+        try:
+            import bitsandbytes
+
+            return bitsandbytes.optim.AdamW8bit(groups, lr=config.lr)
+        except ImportError:
+            if config.use_8bit_adam == "yes":
+                raise ImportError("use_8bit_adam='yes' needs bitsandbytes: pip install bitsandbytes") from None
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _warn_if_split(pipe, token: str) -> None:
+    pieces = pipe.tokenizer.tokenize(token)
+    if len(pieces) > MAX_TOKEN_PIECES:
+        warnings.warn(
+            f"the tokenizer splits token {token!r} into {len(pieces)} pieces ({' '.join(pieces)}); a rarer word "
+            "of one or two pieces binds better (e.g. 'sks', 'pll', 'olis')",
+            stacklevel=3,
+        )
+
+
+def _resume_folder(config: TrainConfig, output_dir: Path) -> Path | None:
+    if config.resume is None:
+        return None
+    if config.resume == "latest":
+        return latest_checkpoint(output_dir)  # None: nothing to resume yet, start afresh
+    return Path(config.resume)
+
+
+def _temporal_blocks(unet) -> list:
+    """The blocks that mix frames, per the target table; bypassed when the target is a still image."""
+    arch = architecture_of(unet)
+    names = arch.temporal_blocks if arch else ()
+    return [module for module in unet.modules() if type(module).__name__ in names]
+
+
+@contextmanager
+def _bypassed(blocks):
+    """Make each block return its input unchanged (a one-frame clip has no motion to model)."""
+
+    def identity(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if isinstance(output, torch.Tensor):
+            return hidden
+        if isinstance(output, tuple):
+            return (hidden, *output[1:])
+        return dataclasses.replace(output, sample=hidden)
+
+    handles = [block.register_forward_hook(identity, with_kwargs=True) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _finish_full(pipe, config, output_dir, originals, adapter_name, kind, tokens, prompt_template, summary, result,
+                 accelerator, *, has_learned_tokens: bool) -> None:  # fmt: skip
+    """Full tuning: turn the trained weights into an exact delta adapter, restore the base, load the delta."""
+    unet = pipe.unet
+    modules = dict(unet.named_modules())
+    deltas = {}
+    with torch.no_grad():
+        for name, original in originals.items():
+            weight = modules[name].weight
+            deltas[name] = delta_as_lora(weight.detach().float().cpu() - original.float())
+            weight.data = original.to(weight.device, weight.dtype)
+    learned = {}
+    if has_learned_tokens:  # the placeholder adapter holds them: take them over
+        learned = learned_embeddings(pipe, adapter_name)
+        delete_motion_adapter(pipe, adapter_name)
+    ranks = [pair.rank for pair in deltas.values()]
+    rank = max(set(ranks), key=ranks.count)  # a full delta's "rank" is each layer's output size
+    info = AdapterInfo(
+        kind=kind, tokens=[t for t in tokens if t], prompt_template=prompt_template, base_model=base_model_id(pipe),
+        preset=summary["preset"], rank=rank, alpha=float(rank), num_params=0, file_bytes=0,
+        format_version=FORMAT_VERSION, base_class=type(unet).__name__, fingerprint=architecture_fingerprint(unet),
+        training=summary,
+    )  # fmt: skip
+    attach_adapter(pipe, adapter_name, AdapterFile(info=info, modules=deltas, embeddings=learned))
+    if config.compress_to_rank and accelerator.is_main_process:
+        compressed, energy = compress(deltas, config.compress_to_rank)
+        result.compressed_dir = output_dir.with_name(f"{output_dir.name}-rank{config.compress_to_rank}")
+        result.energy_kept = energy
+        compressed_info = dataclasses.replace(
+            info, rank=config.compress_to_rank, alpha=float(config.compress_to_rank),
+            training={**summary, "compressed_from": "full", "energy_kept": round(energy, 4)},
+        )  # fmt: skip
+        write_adapter(result.compressed_dir, compressed_info, compressed, embeddings=learned, dtype=config.dtype,
+                      card=model_card(compressed_info))

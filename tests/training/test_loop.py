@@ -1,0 +1,271 @@
+"""The training loop on the tiny pipeline, with clips the tests write themselves."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import motion_adapter as ma
+from motion_adapter import testing
+from motion_adapter.adapter import lora_layers
+from motion_adapter.training import cache, loop
+from motion_adapter.training.config import TrainConfig
+from motion_adapter.training.data import DataError
+from motion_adapter.video import write_video
+
+from .clips import moving_square, write_clips, write_images
+
+
+def tiny_config(**changes) -> TrainConfig:
+    base = dict(max_train_steps=3, num_frames=4, height=16, width=16, rank=4, validation_steps=2)
+    return TrainConfig(**{**base, **changes})
+
+
+@pytest.fixture
+def clips(tmp_path):
+    return write_clips(tmp_path / "clips")
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return write_clips(tmp_path / "reg", 2, caption="a square moving right")
+
+
+def test_a_few_steps_train_only_the_lora_and_leave_eval_mode(pipe, clips, reg, tmp_path):
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", reg_data=reg,
+                             config=tiny_config(max_train_steps=4))
+    assert result.steps == 4 and np.isfinite(result.final_loss)
+    assert not any(m.training for m in pipe.unet.modules()) and not pipe.text_encoder.training
+    after = pipe.unet.state_dict()
+    lora = {k for k in after if ".lora_" in k}
+    assert lora and all(".lora_A.pll." in k or ".lora_B.pll." in k for k in lora)
+    assert any(after[k].abs().max() > 0 for k in lora if ".lora_B." in k)  # B started at zero: it learned
+    assert all(torch.equal(after[k], base[k.replace(".base_layer", "")]) for k in after if k not in lora)
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    info = ma.inspect(result.adapter_dir)
+    assert info.tokens == ["pll"] and info.training["steps"] == 4 and info.training["num_reg_clips"] == 2
+    assert info.training["timestep_sampling"] == "coarse" and info.training["reg_weight"] == 0.5
+    fresh = testing.tiny_pipeline()
+    fresh.load_motion_adapter(result.adapter_dir)  # the written adapter loads
+    pipe.unload_motion_adapters()
+    assert all(torch.equal(base[k], v) for k, v in pipe.unet.state_dict().items())  # base untouched
+
+
+def test_regularization_draws_from_both_sets(pipe, clips, reg, tmp_path, monkeypatch):
+    drawn = []
+    original = cache.LatentStore.window
+    monkeypatch.setattr(cache.LatentStore, "window", lambda self, i, w: drawn.append(len(self)) or original(self, i, w))
+    ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", reg_data=reg, config=tiny_config())
+    assert drawn == [3, 2] * 3  # one target clip (3 in the set) and one reg clip (2) per step
+
+
+def test_loss_follows_the_prediction_type():
+    from diffusers import DDPMScheduler
+
+    latents, noise, t = torch.randn(1, 4, 2, 4, 4), torch.randn(1, 4, 2, 4, 4), torch.tensor([500])
+    v_scheduler = DDPMScheduler(prediction_type="v_prediction")
+    assert torch.equal(loop._target(v_scheduler, latents, noise, t), v_scheduler.get_velocity(latents, noise, t))
+    assert torch.equal(loop._target(DDPMScheduler(prediction_type="epsilon"), latents, noise, t), noise)
+    assert torch.equal(loop._target(DDPMScheduler(prediction_type="sample"), latents, noise, t), latents)
+
+
+def test_v_prediction_pipeline_trains(clips, tmp_path):
+    pipe = testing.tiny_pipeline()
+    pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=tiny_config())
+    assert np.isfinite(result.final_loss)
+
+
+def _adapter_tensors(folder):
+    return load_file(folder / "pytorch_lora_weights.safetensors")
+
+
+def test_resume_reaches_the_same_adapter(clips, reg, tmp_path, monkeypatch):
+    config = tiny_config(max_train_steps=6, checkpoint_every=3, dtype="float32")
+    ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "straight",
+                    reg_data=reg, config=config)
+
+    calls = {"n": 0}
+    original = loop.sample_timesteps
+
+    def crash_in_step_5(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 8:  # two draws a step (target + reg): the fifth step crashes
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "sample_timesteps", crash_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "resumed",
+                        reg_data=reg, config=config)
+    checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000003"]
+    monkeypatch.setattr(loop, "sample_timesteps", original)
+    ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "resumed",
+                    reg_data=reg, config=config.replace(resume="latest"))
+    straight, resumed = _adapter_tensors(tmp_path / "straight"), _adapter_tensors(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    assert max((straight[k] - resumed[k]).abs().max().item() for k in straight) < 1e-5
+    assert any(straight[k].abs().max() > 0 for k in straight if ".lora_B." in k)  # it did learn something
+
+
+def test_resume_with_another_config_is_refused(clips, tmp_path):
+    config = tiny_config(max_train_steps=4, checkpoint_every=2)
+    ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    with pytest.raises(ValueError, match="rank: checkpoint 4, now 8"):
+        ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out",
+                        config=config.replace(rank=8, resume="latest"))
+
+
+def test_validation_samples_and_card(pipe, clips, tmp_path):
+    config = tiny_config(max_train_steps=4, validation_every=2, validation_prompts=["a dog doing the pll"])
+    result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    names = sorted(p.name for p in (tmp_path / "out" / "samples").iterdir())
+    assert names == ["step-000002-0.gif", "step-000004-0.gif"] and len(result.samples) == 2
+    assert "![sample](sample.gif)" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_full_tuning_and_compression(pipe, clips, tmp_path):
+    config = tiny_config(tuning="full", compress_to_rank=2, learning_rate=1e-3, dtype="float32")
+    result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "full", config=config)
+    trained = testing.generate(pipe, "a dog doing the pll")
+    assert 0.0 < result.energy_kept <= 1.0
+    assert ma.inspect(result.compressed_dir).rank == 2
+    fresh = testing.tiny_pipeline()
+    fresh.load_motion_adapter(result.adapter_dir)
+    assert np.abs(testing.generate(fresh, "a dog doing the pll") - trained).max() < 1e-4  # the delta is exact
+    pipe.unload_motion_adapters()
+    np.testing.assert_array_equal(testing.generate(pipe, "a dog doing the pll"),
+                                  testing.generate(testing.tiny_pipeline(), "a dog doing the pll"))
+
+
+def test_subject_trains_spatial_lora_and_the_new_row_only(pipe, tmp_path):
+    photos = write_images(tmp_path / "photos")
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    result = ma.train_subject(pipe, data=photos, token="<sks>", class_word="dog", output_dir=tmp_path / "out",
+                              config=tiny_config(max_train_steps=3, learning_rate=1e-2))
+    assert set(lora_layers(pipe.unet)) == set(ma.resolve_targets(pipe, "appearance").module_names)
+    new = pipe.text_encoder.get_input_embeddings().weight
+    token_id = pipe.tokenizer.convert_tokens_to_ids("<sks>")
+    assert torch.equal(new[: table.shape[0]], table)  # every old row as it was
+    initial = table[pipe.tokenizer("dog", add_special_tokens=False).input_ids].mean(0)
+    assert not torch.allclose(new[token_id], initial)  # the new row learned
+    info = ma.inspect(result.adapter_dir)
+    assert info.kind == "subject" and info.learned_tokens == ["<sks>"] and info.preset == "appearance"
+
+
+def test_images_bypass_the_temporal_layers(pipe):
+    blocks = loop._temporal_blocks(pipe.unet)
+    assert {type(b).__name__ for b in blocks} == {"TransformerTemporalModel", "TemporalConvLayer"}
+    x, text = torch.randn(1, 4, 1, 8, 8), torch.randn(1, 5, 32)
+    seen = []
+    with torch.no_grad():
+        plain = pipe.unet(x, 10, encoder_hidden_states=text).sample
+        with loop._bypassed(blocks):  # hooks run in order: these see what the bypass made of each output
+            handles = [b.register_forward_hook(lambda m, args, out: seen.append((args[0], out))) for b in blocks]
+            bypassed = pipe.unet(x, 10, encoder_hidden_states=text).sample
+            for handle in handles:
+                handle.remove()
+    assert not torch.allclose(plain, bypassed)
+    assert len(seen) == len(blocks)
+    for inputs, output in seen:  # each block handed its input on unchanged
+        assert torch.equal(inputs, output if isinstance(output, torch.Tensor) else output[0])
+
+
+def test_joint_subject_and_motion_make_one_adapter_with_both_tokens(pipe, clips, tmp_path):
+    photos = write_images(tmp_path / "photos")
+    result = ma.train_subject(pipe, data=photos, token="<sks>", class_word="dog", output_dir=tmp_path / "out",
+                              motion_data=clips, motion_token="pll", config=tiny_config(max_train_steps=4,
+                              motion_first_steps=2))  # fmt: skip
+    info = ma.inspect(result.adapter_dir)
+    assert info.tokens == ["pll", "<sks>"] and info.learned_tokens == ["<sks>"]
+    assert info.preset == "motion+appearance"
+    fresh = testing.tiny_pipeline()
+    fresh.load_motion_adapter(result.adapter_dir)
+    assert fresh.tokenizer.convert_tokens_to_ids("<sks>") == len(fresh.tokenizer) - 1
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_and_empty_folders(pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        ma.train_motion(pipe, data=tmp_path / "nowhere", token="pll", output_dir=tmp_path / "o", config=tiny_config())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        ma.train_motion(pipe, data=tmp_path / "empty", token="pll", output_dir=tmp_path / "o", config=tiny_config())
+
+
+def test_corrupt_clip_fails_or_is_skipped(pipe, clips, tmp_path):
+    (clips / "broken.mp4").write_bytes(b"not a video at all")
+    with pytest.raises(ValueError, match="broken.mp4"):
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "o", config=tiny_config())
+    with pytest.warns(UserWarning, match="1 of 4"):
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "o",
+                        config=tiny_config(skip_bad_clips=True))
+
+
+def test_clip_shorter_than_the_frames_asked(pipe, tmp_path):
+    folder = tmp_path / "short"
+    write_video(folder / "short.gif", moving_square(frames=3))
+    with pytest.raises(DataError, match="short.gif"):
+        ma.train_motion(pipe, data=folder, token="pll", output_dir=tmp_path / "o", config=tiny_config())
+
+
+def test_captions_without_the_token(pipe, tmp_path):
+    folder = write_clips(tmp_path / "clips", 2, caption="a square moving right")
+    with pytest.raises(DataError, match="pll"):
+        ma.train_motion(pipe, data=folder, token="pll", output_dir=tmp_path / "o", config=tiny_config())
+
+
+def test_size_the_vae_cannot_divide(pipe, clips, tmp_path):
+    with pytest.raises(ValueError, match="18"):
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "o",
+                        config=tiny_config(height=18, width=18))
+
+
+def test_token_split_into_many_pieces_warns(pipe, clips, tmp_path):
+    with pytest.warns(UserWarning, match="splits token 'wiggle' into 6 pieces"):
+        ma.train_motion(pipe, data=clips, token="wiggle", output_dir=tmp_path / "o",
+                        config=tiny_config(caption_template="a person doing the {token}"))
+
+
+def test_config_checks_and_toml(tmp_path):
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        TrainConfig(timestep_sampling="coarser")
+    with pytest.raises(ValueError, match="compress_to_rank needs tuning='full'"):
+        TrainConfig(compress_to_rank=4)
+    assert TrainConfig().lr == 1e-4 and TrainConfig(tuning="full").lr == 5e-6
+    (tmp_path / "cfg.toml").write_text('[train]\nrank = 8\ntimestep_sampling = "cubic"\n')
+    config = TrainConfig.from_toml(tmp_path / "cfg.toml", max_train_steps=9)
+    assert (config.rank, config.timestep_sampling, config.max_train_steps) == (8, "cubic", 9)
+    (tmp_path / "bad.toml").write_text("rnak = 8\n")
+    with pytest.raises(ValueError, match="rnak"):
+        TrainConfig.from_toml(tmp_path / "bad.toml")
+
+
+def test_two_processes_under_accelerate_launch(tmp_path):
+    """The loop runs unchanged under `accelerate launch` with two CPU processes; the main one writes the adapter."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    clips = write_clips(tmp_path / "clips", 4)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    script = Path(__file__).parent / "two_process_train.py"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(script),
+               str(clips), str(tmp_path / "out")]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    marks = sorted(p.name for p in tmp_path.glob("process-*.txt"))
+    assert marks == ["process-0-of-2.txt", "process-1-of-2.txt"]
+    first, second = (float((tmp_path / name).read_text()) for name in marks)
+    assert first == pytest.approx(second, abs=1e-6)  # the two processes stayed in step
+    assert ma.inspect(tmp_path / "out").training["steps"] == 3
+    testing.tiny_pipeline().load_motion_adapter(tmp_path / "out")

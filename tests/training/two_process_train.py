@@ -1,0 +1,24 @@
+"""Run by test_two_processes under `accelerate launch --num_processes 2`: train on the tiny pipeline.
+
+Each process writes what it ended with (its rank, and a checksum of its LoRA tensors) next to the output, so
+the test can check that both took part and stayed in step (gradients averaged across processes).
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+import motion_adapter as ma
+from motion_adapter import testing
+from motion_adapter.adapter import get_state
+
+clips, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
+torch.set_num_threads(1)
+pipe = testing.tiny_pipeline()
+config = ma.TrainConfig(max_train_steps=3, num_frames=4, height=16, width=16, rank=4)
+ma.train_motion(pipe, data=clips, token="pll", output_dir=output_dir, config=config)
+state = PartialState()
+checksum = sum(pair.up.double().sum().item() + pair.down.double().sum().item() for pair in get_state(pipe.unet, "pll").values())
+(output_dir.parent / f"process-{state.process_index}-of-{state.num_processes}.txt").write_text(f"{checksum:.10f}")
