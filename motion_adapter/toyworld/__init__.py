@@ -1,0 +1,51 @@
+"""The embedded default world: tiny clips of shapes in motion, their captions, and their analytic evaluator."""
+
+from motion_adapter.toyworld.evaluate import (
+    ClipResult,
+    EvaluationReport,
+    classify,
+    evaluate,
+    prior_preservation,
+)
+from motion_adapter.toyworld.world import (
+    BACKGROUNDS,
+    COLORS,
+    HELD_OUT_MOTIONS,
+    HELD_OUT_SHAPES,
+    MOTION_PHRASES,
+    NUM_FRAMES,
+    PRETRAIN_MOTIONS,
+    RGB,
+    SHAPE_SYMMETRY,
+    SHAPES,
+    SIZE,
+    caption,
+    parse_caption,
+    render,
+    trajectory,
+    valid_pairs,
+)
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLORS",
+    "HELD_OUT_MOTIONS",
+    "HELD_OUT_SHAPES",
+    "MOTION_PHRASES",
+    "NUM_FRAMES",
+    "PRETRAIN_MOTIONS",
+    "RGB",
+    "SHAPE_SYMMETRY",
+    "SHAPES",
+    "SIZE",
+    "ClipResult",
+    "EvaluationReport",
+    "caption",
+    "classify",
+    "evaluate",
+    "parse_caption",
+    "prior_preservation",
+    "render",
+    "trajectory",
+    "valid_pairs",
+]
