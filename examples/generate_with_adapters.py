@@ -1,6 +1,6 @@
 """Generate a clip with one or more motion/subject adapters loaded into a text-to-video pipeline.
 
-    python examples/generate_with_adapters.py --adapter user/pll --adapter out/sks-dog:0.8 \
+    python examples/generate_with_adapters.py --adapter user/pll out/sks-dog --weights 1.0 0.8 \
         --prompt "a sks dog doing the pll" --out dog.gif
 """
 
@@ -13,19 +13,11 @@ import motion_adapter  # noqa: F401  (adds pipe.load_motion_adapter and friends)
 from motion_adapter.video import write_video
 
 
-def split_weight(spec: str) -> tuple[str, float]:
-    """'user/pll:0.8' -> ('user/pll', 0.8); without a weight, 1.0."""
-    source, sep, weight = spec.rpartition(":")
-    try:
-        return (source, float(weight)) if sep else (spec, 1.0)
-    except ValueError:
-        return spec, 1.0
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="cerspense/zeroscope_v2_576w", help="base model id or folder")
-    parser.add_argument("--adapter", action="append", default=[], help="adapter folder, file or Hub id[:weight]")
+    parser.add_argument("--adapter", nargs="*", default=[], help="adapter folders, files or Hub ids")
+    parser.add_argument("--weights", type=float, nargs="*", default=None, help="one weight per adapter (default 1)")
     parser.add_argument("--prompt", default="a bear doing the pll")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--height", type=int, default=320)
@@ -40,10 +32,10 @@ def main(argv=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe = DiffusionPipeline.from_pretrained(args.base, torch_dtype=dtype).to(device)
-    for spec in args.adapter:
-        source, weight = split_weight(spec)
-        name = pipe.load_motion_adapter(source, weight=weight)
-        print(f"loaded {name} at weight {weight}")
+    names = [pipe.load_motion_adapter(source) for source in args.adapter]
+    if names:
+        pipe.set_motion_adapters(names, weights=args.weights or [1.0] * len(names))
+        print("loaded", ", ".join(f"{name} at weight {w}" for name, w in zip(names, args.weights or [1.0] * len(names))))
     if args.fuse and args.adapter:
         pipe.fuse_motion_adapters()
     frames = pipe(

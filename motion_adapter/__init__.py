@@ -14,13 +14,15 @@ from .errors import (
 )
 from .format import AdapterInfo
 from .format import read_info as inspect
-from .hub import resolve_source
+from .hub import push_to_hub, resolve_source
 from .pipeline import (
     add_motion_adapter,
+    check_prompt,
     delete_motion_adapter,
     disable_motion_adapters,
     enable_motion_adapters,
     fuse_motion_adapters,
+    generate,
     learn_token,
     load_motion_adapter,
     motion_adapter_weights,
@@ -50,14 +52,17 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "add_motion_adapter",
+    "check_prompt",
     "delete_motion_adapter",
     "disable_motion_adapters",
     "enable_motion_adapters",
     "fuse_motion_adapters",
+    "generate",
     "inspect",
     "learn_token",
     "load_motion_adapter",
     "motion_adapter_weights",
+    "push_to_hub",
     "resolve_source",
     "resolve_targets",
     "save_motion_adapter",

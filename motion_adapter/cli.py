@@ -1,8 +1,21 @@
-"""The `motion-adapter` command: each subcommand parses its arguments and calls one library function."""
+"""The `motion-adapter` command: each subcommand parses its arguments and calls one library function.
+
+    motion-adapter inspect SOURCE                  # an adapter's header
+    motion-adapter train --data clips/ --token pll --output-dir out/pll [--config train.toml] [--rank 8 ...]
+    motion-adapter train-subject --data photos/ --token sks --class-word dog --output-dir out/sks-dog
+    motion-adapter generate --adapter out/pll --adapter out/sks-dog:0.8 --prompt "a sks dog doing the pll"
+    motion-adapter push out/pll user/pll
+"""
 
 import argparse
+import dataclasses
 import json
 import sys
+import types
+import typing
+from pathlib import Path
+
+DEFAULT_BASE = "cerspense/zeroscope_v2_576w"
 
 
 def _inspect(args) -> int:
@@ -14,8 +27,128 @@ def _inspect(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .training.loop import train_motion
+
+    _check_paths(args.data, args.reg_data)
+    result = train_motion(
+        _load_base(args.base), data=args.data, token=args.token, output_dir=args.output_dir, reg_data=args.reg_data,
+        config=_config(args),
+    )  # fmt: skip
+    print(f"wrote {result.adapter_dir} ({result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
+    return 0
+
+
+def _train_subject(args) -> int:
+    from .training.loop import train_subject
+
+    _check_paths(args.data, args.motion_data, args.reg_data)
+    result = train_subject(
+        _load_base(args.base), data=args.data, token=args.token, class_word=args.class_word,
+        output_dir=args.output_dir, config=_config(args), preset=args.subject_preset, motion_data=args.motion_data,
+        motion_token=args.motion_token, reg_data=args.reg_data,
+    )  # fmt: skip
+    print(f"wrote {result.adapter_dir} ({result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
+    return 0
+
+
+def _generate(args) -> int:
+    from .pipeline import generate, load_motion_adapter
+    from .video import write_video
+
+    pipe = _load_base(args.base)
+    for spec in args.adapter:
+        source, weight = split_weight(spec)
+        name = load_motion_adapter(pipe, source, weight=weight, revision=args.revision)
+        print(f"loaded {name} at weight {weight:g}")
+    frames = generate(
+        pipe, args.prompt, num_frames=args.frames, height=args.height, width=args.width,
+        num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+    )  # fmt: skip
+    print(f"wrote {write_video(args.out, frames, fps=args.fps)}")
+    return 0
+
+
+def _push(args) -> int:
+    from .hub import push_to_hub
+
+    commit = push_to_hub(
+        args.folder, args.repo_id, private=args.private, token=args.token, commit_message=args.message,
+        revision=args.revision, create_pr=args.create_pr,
+    )  # fmt: skip
+    print(f"pushed {args.folder} to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
+    return 0
+
+
+def _check_paths(*paths) -> None:
+    """Fail on a missing data folder before spending minutes loading the base model."""
+    for path in paths:
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{path} does not exist: check the path to the training data")
+
+
+def split_weight(spec: str) -> tuple[str, float]:
+    """'user/pll:0.8' -> ('user/pll', 0.8); without a weight, 1.0."""
+    source, sep, weight = spec.rpartition(":")
+    try:
+        return (source, float(weight)) if sep else (spec, 1.0)
+    except ValueError:
+        return spec, 1.0
+
+
+def _load_base(name: str):
+    """The base pipeline: a Hub id or folder (fp16 on a GPU)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    cuda = torch.cuda.is_available()
+    pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch.float16 if cuda else torch.float32)
+    return pipe.to("cuda") if cuda else pipe
+
+
+# ---------------------------------------------------------------- TrainConfig as flags
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, its help text from the field; unset flags leave the TOML or default."""
+    from .training.config import TrainConfig
+
+    group = parser.add_argument_group("training settings (TrainConfig; also readable from --config FILE.toml)")
+    group.add_argument("--config", default=None, help="a TOML file of TrainConfig fields (flags override it)")
+    for item in dataclasses.fields(TrainConfig):
+        flag = "--" + item.name.replace("_", "-")
+        kind = _plain_type(item.type)
+        default = item.default
+        help_text = f"{item.metadata['help']} (default: {default})"
+        if kind is bool:
+            group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is list:
+            group.add_argument(flag, dest=item.name, nargs="+", default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=item.name, type=kind, default=None, help=help_text)
+
+
+def _plain_type(annotation):
+    """int, float, str, bool or list from a field annotation such as `float | None` or `list[str] | None`."""
+    if isinstance(annotation, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return list if typing.get_origin(annotation) is list else annotation
+
+
+def _config(args):
+    from .training.config import TrainConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    return TrainConfig.from_toml(args.config, **given) if args.config else TrainConfig(**given)
+
+
+# ---------------------------------------------------------------- the parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="motion-adapter", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="motion-adapter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="print an adapter's kind, tokens, base model, preset, rank, size")
@@ -23,6 +156,53 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     inspect.add_argument("--json", action="store_true", help="print the header as JSON")
     inspect.set_defaults(run=_inspect)
+
+    train = commands.add_parser("train", help="train a motion adapter from a folder of clips")
+    train.add_argument("--base", default=DEFAULT_BASE, help=f"base model id or folder (default: {DEFAULT_BASE})")
+    train.add_argument("--data", required=True, help="folder of example clips of the motion")
+    train.add_argument("--token", required=True, help="the word the motion binds to, e.g. pll")
+    train.add_argument("--output-dir", required=True, help="where the adapter folder is written")
+    train.add_argument("--reg-data", default=None, help="folder of regularization clips with their own captions")
+    _add_config_flags(train)
+    train.set_defaults(run=_train)
+
+    subject = commands.add_parser("train-subject", help="train a subject adapter from a folder of images")
+    subject.add_argument("--base", default=DEFAULT_BASE, help=f"base model id or folder (default: {DEFAULT_BASE})")
+    subject.add_argument("--data", required=True, help="folder of images of the subject")
+    subject.add_argument("--token", required=True, help="the new word for the subject, e.g. sks")
+    subject.add_argument("--class-word", required=True, help="what the subject is, e.g. dog (initialises the token)")
+    subject.add_argument("--output-dir", required=True, help="where the adapter folder is written")
+    subject.add_argument("--subject-preset", default=None, help="layers (default: appearance, or motion+appearance)")
+    subject.add_argument("--motion-data", default=None, help="clips of a motion, for joint subject+motion training")
+    subject.add_argument("--motion-token", default=None, help="the motion's token, for joint training")
+    subject.add_argument("--reg-data", default=None, help="folder of regularization clips")
+    _add_config_flags(subject)
+    subject.set_defaults(run=_train_subject)
+
+    push = commands.add_parser("push", help="upload an adapter folder to the Hub in one commit, with its model card")
+    push.add_argument("folder", help="the adapter folder")
+    push.add_argument("repo_id", help="e.g. user/pll")
+    push.add_argument("--private", action="store_true", default=None, help="create the repo private")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the cached login)")
+    push.add_argument("--message", default=None, help="commit message")
+    push.add_argument("--revision", default=None, help="branch to push to")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    push.set_defaults(run=_push)
+
+    gen = commands.add_parser("generate", help="generate a clip with adapters loaded")
+    gen.add_argument("--base", default=DEFAULT_BASE, help=f"base model id or folder (default: {DEFAULT_BASE})")
+    gen.add_argument("--adapter", action="append", default=[], help="SOURCE[:WEIGHT], repeatable: they compose")
+    gen.add_argument("--revision", default=None, help="Hub revision of the adapters")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--frames", type=int, default=16)
+    gen.add_argument("--height", type=int, default=None, help="default: the model's")
+    gen.add_argument("--width", type=int, default=None, help="default: the model's")
+    gen.add_argument("--steps", type=int, default=40)
+    gen.add_argument("--guidance", type=float, default=9.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--out", default="clip.gif", help="a .gif or .mp4 file")
+    gen.set_defaults(run=_generate)
     return parser
 
 
@@ -32,7 +212,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (MotionAdapterError, FileNotFoundError) as error:
+    except (MotionAdapterError, FileNotFoundError, ValueError) as error:
         print(f"motion-adapter {args.command}: {error}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -270,6 +271,15 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         embeddings.update(_read_tensors(embeddings_file))
     lora = {k: v for k, v in tensors.items() if not k.startswith(EMBEDDING_KEY_PREFIX)}
     modules = _parse_lora(weights, lora, _alpha_lookup(weights, metadata))
+    has_alpha = HEADER_KEY in metadata or "lora_alpha" in _diffusers_config(metadata) or any(
+        k.endswith(".alpha") for k in lora
+    )
+    if not has_alpha:
+        warnings.warn(
+            f"{weights} records no LoRA alpha (no header, no alpha tensors): it loads at scale 1 (alpha = rank). "
+            "If its effect looks too strong or too weak, load it with another weight=",
+            stacklevel=3,
+        )
     ranks = {name: pair.rank for name, pair in modules.items()}
     num_params = sum(pair.down.numel() + pair.up.numel() for pair in modules.values())
     info = _info(path, weights, embeddings_file, metadata, ranks, num_params)

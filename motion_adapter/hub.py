@@ -5,9 +5,11 @@ returns a local path either way, so everything after it is one code path.
 """
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HFValidationError,
@@ -18,9 +20,9 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .constants import CARD_MARKER, PICKLE_SUFFIXES
+from .constants import CARD_MARKER, CARD_NAME, PICKLE_SUFFIXES
 from .errors import AdapterNotFoundError
-from .format import AdapterInfo
+from .format import AdapterInfo, adapter_files, read_info
 
 CARD_TAGS = ["text-to-video", "lora", "motion-customization", "motion-adapter"]
 LIBRARY_NAME = "motion-adapter"
@@ -69,6 +71,53 @@ def resolve_source(
     return Path(folder)
 
 
+def push_to_hub(
+    folder,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    api: HfApi | None = None,
+):
+    """Upload an adapter folder to a Hub model repo in one commit, with a model card made for that repo.
+
+    The files go through a temporary folder: the adapter's safetensors, its sample animation, and a card
+    whose usage snippet names `repo_id`. A README the user wrote (not made by this library) is uploaded as it
+    is, never replaced. `token` (else the cached login) is handed to huggingface_hub only: it is never written
+    to a file or a message. Returns huggingface_hub's CommitInfo.
+    """
+    folder = Path(folder)
+    info = read_info(folder)  # refuses anything that is not a readable adapter, before any upload
+    weights, embeddings = adapter_files(folder)
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None and not create_pr:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    samples = sorted(p for p in folder.glob("sample.*") if p.is_file())
+    with tempfile.TemporaryDirectory() as staging:
+        staging = Path(staging)
+        for file in [weights, embeddings, *samples]:
+            if file is not None:
+                shutil.copyfile(file, staging / file.name)
+        readme = folder / CARD_NAME
+        if readme.is_file() and CARD_MARKER not in readme.read_text(encoding="utf-8", errors="replace"):
+            shutil.copyfile(readme, staging / CARD_NAME)
+        else:
+            card = model_card(info, repo_id=repo_id, sample=samples[0].name if samples else None)
+            (staging / CARD_NAME).write_text(card, encoding="utf-8")
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staging,
+            commit_message=commit_message or f"Upload {info.kind} adapter {', '.join(info.tokens)}".strip(),
+            revision=revision,
+            create_pr=create_pr,
+            repo_type="model",
+        )
+
+
 def model_card(info: AdapterInfo, *, repo_id: str | None = None, sample: str | None = None) -> str:
     """A Hub model card that only displays what the adapter's header holds.
 
@@ -83,7 +132,7 @@ def model_card(info: AdapterInfo, *, repo_id: str | None = None, sample: str | N
     )
     source = repo_id or "path/to/this/adapter"
     token = info.tokens[0] if info.tokens else None
-    prompt = (info.prompt_template or "a bear doing the {token}").format(token=token or "") if token else "a bear dancing"
+    prompt = info.prompt_template or (f"a bear doing the {token}" if token else "a bear dancing")
     lines = [
         "---",
         data.to_yaml(),

@@ -543,6 +543,59 @@ def safe_adapter_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "", text.replace(".", "_")) or "adapter"
 
 
+def check_prompt(pipe, prompt: str) -> list[str]:
+    """Warn about words of a prompt that are adapter tokens no enabled adapter provides; return them.
+
+    Those are the tokens of loaded but disabled adapters, and "<...>"-style learned tokens that no loaded adapter
+    brought (the tokenizer would silently split them into characters).
+    """
+    state = getattr(pipe, "_motion_state", None) or _MotionState()
+    provided = {t for entry in state.adapters.values() if entry.enabled for t in entry.info.tokens}
+    disabled = {t for entry in state.adapters.values() if not entry.enabled for t in entry.info.tokens} - provided
+    missing = [
+        word for word in re.findall(r"<[^<>\s]+>|[\w'-]+", prompt)
+        if word in disabled or (word.startswith("<") and word not in provided)
+    ]  # fmt: skip
+    if missing:
+        warnings.warn(
+            f"the prompt uses {', '.join(repr(w) for w in missing)}, which no enabled adapter provides "
+            f"(enabled: {', '.join(n for n, e in state.adapters.items() if e.enabled) or 'none'})",
+            stacklevel=2,
+        )
+    return missing
+
+
+def generate(
+    pipe,
+    prompt: str,
+    *,
+    num_frames: int = 16,
+    height: int | None = None,
+    width: int | None = None,
+    num_inference_steps: int = 40,
+    guidance_scale: float = 9.0,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+):
+    """One seeded clip from the pipeline as it is (adapters and all): float frames (frames, h, w, 3) in [0, 1].
+
+    The prompt is checked first for adapter tokens that no enabled adapter provides (a warning).
+    """
+    check_prompt(pipe, prompt)
+    device = denoiser_of(pipe).device
+    return pipe(
+        prompt,
+        negative_prompt=negative_prompt,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator(device).manual_seed(seed),
+        output_type="np",
+    ).frames[0]
+
+
 PIPELINE_METHODS = {
     "load_motion_adapter": load_motion_adapter,
     "set_motion_adapters": set_motion_adapters,

@@ -27,27 +27,42 @@ class Architecture:
     roles: dict[str, str]  # role -> regex searched in a module path; the first role that matches wins
     presets: dict[str, tuple[str, ...]]  # preset -> the roles it selects
     temporal_blocks: tuple[str, ...] = ()  # classes of the blocks that mix frames: bypassed to train on images
+    unadaptable: str | None = None  # regex of modules that cannot carry a LoRA here: never selected, even by a regex
+    text_per_frame: bool = False  # the denoiser wants the text embeddings repeated for every frame
 
 
 _SPATIAL_ATTENTION = r"(^|\.)attentions\.\d+\.transformer_blocks\.\d+\."
+_SPATIAL_ROLES = {
+    "spatial_kv": _SPATIAL_ATTENTION + r"attn2\.to_[kv]$",
+    "spatial_attn": _SPATIAL_ATTENTION + r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$",
+}
+_PAPER_PRESETS = {
+    "motion": ("temporal", "spatial_kv"),
+    "temporal": ("temporal",),
+    "spatial-kv": ("spatial_kv",),
+    "appearance": ("spatial_kv", "spatial_attn"),
+}
 
 ARCHITECTURES = (
     Architecture(
         name="unet3d",  # ModelScope / ZeroScope (TextToVideoSDPipeline)
         class_names=("UNet3DConditionModel",),
         component="unet",
-        roles={
-            "temporal": r"(^transformer_in\.|\.temp_attentions\.|\.temp_convs\.)",
-            "spatial_kv": _SPATIAL_ATTENTION + r"attn2\.to_[kv]$",
-            "spatial_attn": _SPATIAL_ATTENTION + r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$",
-        },
-        presets={
-            "motion": ("temporal", "spatial_kv"),
-            "temporal": ("temporal",),
-            "spatial-kv": ("spatial_kv",),
-            "appearance": ("spatial_kv", "spatial_attn"),
-        },
+        roles={"temporal": r"(^transformer_in\.|\.temp_attentions\.|\.temp_convs\.)", **_SPATIAL_ROLES},
+        presets=_PAPER_PRESETS,
         temporal_blocks=("TransformerTemporalModel", "TemporalConvLayer"),
+    ),
+    Architecture(
+        name="animatediff",  # AnimateDiffPipeline
+        class_names=("UNetMotionModel",),
+        component="unet",
+        # The motion modules call proj_in / proj_out by keyword (`proj_in(input=x)`), which a peft LoRA layer
+        # (forward(x)) rejects; their transformer blocks (temporal attention and feed-forward) carry the motion.
+        roles={"temporal": r"\.motion_modules\.\d+\.transformer_blocks\.", **_SPATIAL_ROLES},
+        presets=_PAPER_PRESETS,
+        temporal_blocks=("AnimateDiffTransformer3D",),
+        unadaptable=r"\.motion_modules\.\d+\.proj_(in|out)$",
+        text_per_frame=True,  # as AnimateDiffPipeline repeats prompt embeddings before calling the UNet
     ),
 )
 
@@ -137,6 +152,8 @@ def resolve_targets(pipe_or_denoiser, preset: str = "motion") -> TargetSpec:
     arch = architecture_of(denoiser)
     class_name = type(denoiser).__name__
     candidates = lora_capable_modules(denoiser)
+    if arch is not None and arch.unadaptable:
+        candidates = {name: m for name, m in candidates.items() if not re.search(arch.unadaptable, name)}
     parts = preset.split("+")
     if arch is not None and all(part in arch.presets for part in parts):
         wanted = {role for part in parts for role in arch.presets[part]}

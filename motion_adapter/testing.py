@@ -90,6 +90,41 @@ def tiny_pipeline(*, seed: int = 0):
     return pipe
 
 
+def tiny_unet_motion(*, seed: int = 0):
+    """A two-block UNetMotionModel (AnimateDiff): spatial layers plus motion modules."""
+    from diffusers import UNetMotionModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return UNetMotionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=TINY_SIZE // 2,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+            up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
+            cross_attention_dim=32,
+            num_attention_heads=2,
+            motion_num_attention_heads=2,
+            norm_num_groups=32,
+            use_motion_mid_block=True,
+        ).eval()
+
+
+def tiny_animatediff_pipeline(*, seed: int = 0):
+    """A real AnimateDiffPipeline sharing the tiny text encoder, tokenizer and VAE, with a tiny UNetMotionModel."""
+    from diffusers import AnimateDiffPipeline
+
+    parts = tiny_pipeline(seed=seed)
+    pipe = AnimateDiffPipeline(
+        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=tiny_unet_motion(seed=seed),
+        motion_adapter=None, scheduler=parts.scheduler,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def generate(pipe, prompt: str = "a red square moving left", *, seed: int = 0, steps: int = 2):
     """A short, seeded generation with the tiny sizes; returns float frames (frames, h, w, 3)."""
     return pipe(

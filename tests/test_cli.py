@@ -1,9 +1,18 @@
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from motion_adapter.cli import main
+import pytest
+
+import motion_adapter as ma
+from motion_adapter import testing
+from motion_adapter.cli import build_parser, main
+from motion_adapter.training.config import TrainConfig
+from motion_adapter.video import read_video
+
+from .training.clips import write_clips, write_images
 
 
 def test_inspect_prints_the_header(adapter_dir, capsys):
@@ -31,3 +40,56 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "motion-adapter"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "inspect" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-base")
+    testing.tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+def test_train_flags_come_from_train_config():
+    parser = build_parser()
+    help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in help_text
+    assert "the paper's: more high-noise steps" in help_text
+
+
+def test_train_then_generate_end_to_end(base_dir, tmp_path, capsys):
+    clips = write_clips(tmp_path / "clips")
+    (tmp_path / "train.toml").write_text("rank = 2\nnum_frames = 4\nheight = 16\nwidth = 16\n")
+    assert main(["train", "--base", str(base_dir), "--data", str(clips), "--token", "pll", "--output-dir",
+                 str(tmp_path / "pll"), "--config", str(tmp_path / "train.toml"), "--max-train-steps", "2",
+                 "--timestep-sampling", "cubic", "--no-gradient-checkpointing"]) == 0  # fmt: skip
+    info = ma.inspect(tmp_path / "pll")
+    assert info.rank == 2 and info.training["steps"] == 2 and info.training["timestep_sampling"] == "cubic"
+    assert main(["generate", "--base", str(base_dir), "--adapter", f"{tmp_path / 'pll'}:0.7", "--prompt",
+                 "a dog doing the pll", "--frames", "4", "--height", "16", "--width", "16", "--steps", "2",
+                 "--out", str(tmp_path / "clip.gif")]) == 0  # fmt: skip
+    assert "loaded pll at weight 0.7" in capsys.readouterr().out
+    assert read_video(tmp_path / "clip.gif")[0].shape == (4, 16, 16, 3)
+
+
+def test_train_subject_command(base_dir, tmp_path):
+    photos = write_images(tmp_path / "photos")
+    assert main(["train-subject", "--base", str(base_dir), "--data", str(photos), "--token", "<sks>", "--class-word",
+                 "dog", "--output-dir", str(tmp_path / "sks"), "--max-train-steps", "2", "--height", "16", "--width",
+                 "16", "--rank", "2"]) == 0  # fmt: skip
+    assert ma.inspect(tmp_path / "sks").learned_tokens == ["<sks>"]
+
+
+def test_bad_training_input_is_one_clear_line(base_dir, tmp_path, capsys):
+    assert main(["train", "--base", str(base_dir), "--data", str(tmp_path / "none"), "--token", "pll",
+                 "--output-dir", str(tmp_path / "o")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("motion-adapter train:") and "none does not exist" in err and "Traceback" not in err
+
+
+def test_push_command_wraps_push_to_hub(adapter_dir, monkeypatch, capsys):
+    calls = {}
+    monkeypatch.setattr(ma.hub, "push_to_hub", lambda folder, repo_id, **kw: calls.update(kw, repo=repo_id) or "url")
+    assert main(["push", str(adapter_dir), "user/pll", "--private", "--revision", "v1", "--token", "hf_x"]) == 0
+    assert calls["repo"] == "user/pll" and calls["private"] is True and calls["revision"] == "v1"
+    assert "hf_x" not in capsys.readouterr().out

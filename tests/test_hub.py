@@ -1,9 +1,11 @@
 """The Hub path, for real but offline: a snapshot laid into a temporary Hub cache, read with HF_HUB_OFFLINE=1."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from huggingface_hub import constants
 
 import motion_adapter as ma
@@ -52,3 +54,73 @@ def test_missing_repo_offline_is_a_clear_error_and_changes_nothing(tmp_path, pip
     with pytest.raises(ma.AdapterNotFoundError, match="user/nothing is neither a local path nor a Hub repo"):
         pipe.load_motion_adapter("user/nothing", cache_dir=tmp_path / "hub")
     assert_same_snapshot(before, pipeline_snapshot(pipe))
+
+
+class RecordingApi:
+    """Stands in for huggingface_hub.HfApi: records the calls and what the upload would send."""
+
+    def __init__(self):
+        self.calls, self.sent = [], {}
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        self.calls.append(("upload_folder", repo_id, kwargs))
+        self.sent = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        return "commit-info"
+
+
+def test_push_sends_one_commit_with_adapter_and_card(adapter_dir):
+    (adapter_dir / "sample.gif").write_bytes(b"GIF89a")
+    api = RecordingApi()
+    assert ma.push_to_hub(adapter_dir, "user/pll", private=True, revision="v1", commit_message="first", api=api) == "commit-info"
+    kinds = [call[0] for call in api.calls]
+    assert kinds == ["create_repo", "create_branch", "upload_folder"]
+    assert api.calls[0][2]["private"] is True and api.calls[2][2]["revision"] == "v1"
+    assert api.calls[2][2]["commit_message"] == "first"
+    assert set(api.sent) == {"pytorch_lora_weights.safetensors", "README.md", "sample.gif"}
+    card = api.sent["README.md"].decode()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "motion-adapter" and {"text-to-video", "lora", "motion-customization"} <= set(meta["tags"])
+    assert 'pipe.load_motion_adapter("user/pll")' in card and "![sample](sample.gif)" in card
+    assert api.sent["pytorch_lora_weights.safetensors"] == (adapter_dir / "pytorch_lora_weights.safetensors").read_bytes()
+
+
+def test_push_keeps_a_users_readme(adapter_dir):
+    (adapter_dir / "README.md").write_text("my card")
+    api = RecordingApi()
+    ma.push_to_hub(adapter_dir, "user/pll", api=api)
+    assert api.sent["README.md"] == b"my card"
+
+
+def test_the_token_never_reaches_a_file_or_a_message(adapter_dir, monkeypatch, capsys):
+    secret = "hf_" + "S3cr3tT0k3nValue" * 2
+    seen = {}
+
+    class FakeHfApi(RecordingApi):
+        def __init__(self, token=None):
+            super().__init__()
+            seen["token"] = token
+
+        def upload_folder(self, **kwargs):
+            super().upload_folder(**kwargs)
+            seen["sent"] = self.sent
+            raise RuntimeError("upload refused")
+
+    monkeypatch.setattr(ma.hub, "HfApi", FakeHfApi)
+    with pytest.raises(RuntimeError) as error:
+        ma.push_to_hub(adapter_dir, "user/pll", token=secret)
+    assert seen["token"] == secret  # handed to huggingface_hub, and only there
+    assert secret not in str(error.value) and secret not in "".join(capsys.readouterr())
+    assert seen["sent"] and not any(secret.encode() in data for data in seen["sent"].values())
+    for file in adapter_dir.rglob("*"):
+        assert secret.encode() not in file.read_bytes()
+
+
+def test_push_refuses_what_is_not_an_adapter(tmp_path):
+    with pytest.raises(ma.AdapterFormatError):
+        ma.push_to_hub(tmp_path, "user/nothing", api=RecordingApi())

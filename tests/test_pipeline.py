@@ -251,3 +251,29 @@ def test_failed_injection_is_rolled_back(pipe, adapter_dir, monkeypatch):
     monkeypatch.setattr(adapter, "set_state", broken)
     _refused(pipe, lambda: pipe.load_motion_adapter(adapter_dir), RuntimeError, "disk on fire")
     assert not lora_layers(pipe.unet)
+
+
+def test_per_group_weights_touch_only_their_group(pipe, adapter_dir):
+    pipe.load_motion_adapter(adapter_dir, weight={"temporal": 0.0, "spatial_kv": 0.6})
+    for name, layer in lora_layers(pipe.unet).items():
+        expected = 0.0 if ".attentions." not in name else 0.6  # spatial k/v live in the spatial attentions
+        assert layer.scaling["pll"] == pytest.approx(expected * layer.lora_alpha["pll"] / layer.r["pll"])
+    with_kv_only = testing.generate(pipe)
+    by_hand = testing.tiny_pipeline()
+    modules = dict(by_hand.unet.named_modules())
+    with torch.no_grad():
+        for name, pair in ma.format.read_adapter(adapter_dir).modules.items():
+            if ".attentions." in name:
+                delta = pair.up.flatten(1) @ pair.down.flatten(1) * (pair.alpha / pair.rank) * 0.6
+                modules[name].weight += delta.reshape(modules[name].weight.shape)
+    assert np.abs(testing.generate(by_hand) - with_kv_only).max() < 1e-4
+
+
+def test_prompt_check_warns_about_tokens_no_adapter_provides(pipe, adapter_dir):
+    pipe.load_motion_adapter(adapter_dir)
+    assert ma.check_prompt(pipe, "a dog doing the pll") == []
+    pipe.disable_motion_adapters("pll")
+    with pytest.warns(UserWarning, match="'pll', which no enabled adapter provides"):
+        assert ma.check_prompt(pipe, "a dog doing the pll") == ["pll"]
+    with pytest.warns(UserWarning, match="'<sks>'"):
+        ma.generate(pipe, "a <sks> dog", num_frames=2, height=16, width=16, num_inference_steps=1)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
@@ -193,7 +194,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
         mask[learned_ids] = 1.0
         embedding.register_hook(lambda grad: grad * mask)  # only the new rows learn
     if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
+        _enable_checkpointing(unet)
 
     # 2. optimizer and learning-rate schedule (the embedding without weight decay: its other rows never move)
     groups = [{"params": params, "weight_decay": config.weight_decay}]
@@ -227,6 +228,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
     # 5. the loop
     unet.train()
     bypass = _temporal_blocks(unet)
+    text_per_frame = getattr(architecture_of(unet), "text_per_frame", False)
     progress = tqdm(total=config.max_train_steps, initial=start_step, desc=f"training {adapter_name}",
                     disable=not accelerator.is_main_process)  # fmt: skip
     if config.report_to:
@@ -251,7 +253,9 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
                 t = sample_timesteps(1, num_timesteps, config.timestep_sampling, config.timestep_alpha, generator)
                 t = t.to(device)
                 noisy = noise_scheduler.add_noise(latents, noise, t)
-                text = encode_text(data.captions[i]).to(weight_dtype)
+                text = encode_text(data.captions[i]).to(weight_dtype)  # (1, tokens, dim)
+                if text_per_frame:
+                    text = text.repeat_interleave(frames, dim=0)  # (1, tokens, dim) -> (frames, tokens, dim)
                 with _bypassed(bypass) if data.images else nullcontext():
                     prediction = trained_unet(noisy, t, encoder_hidden_states=text).sample
                 target = _target(noise_scheduler, latents, noise, t)
@@ -283,7 +287,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
     unet.eval()
     text_encoder.eval()
     if config.gradient_checkpointing:
-        unet.disable_gradient_checkpointing()
+        _disable_checkpointing(unet)
     for param in all_params:
         param.requires_grad_(False)
     summary = {
@@ -482,6 +486,33 @@ def _bypassed(blocks):
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _checkpointed_blocks(unet) -> list:
+    """The blocks whose activations are recomputed in the backward pass: each down, mid and up block."""
+    blocks = [*getattr(unet, "down_blocks", []), *getattr(unet, "up_blocks", [])]
+    mid = getattr(unet, "mid_block", None)
+    return blocks + ([mid] if mid is not None else [])
+
+
+def _enable_checkpointing(unet) -> None:
+    """Gradient checkpointing, also for models whose diffusers class lacks it (UNet3DConditionModel does)."""
+    if unet._supports_gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        return
+    for block in _checkpointed_blocks(unet):
+        forward = block.forward
+        block.forward = lambda *args, forward=forward, **kwargs: torch.utils.checkpoint.checkpoint(
+            forward, *args, use_reentrant=False, **kwargs
+        )
+
+
+def _disable_checkpointing(unet) -> None:
+    if unet._supports_gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
+        return
+    for block in _checkpointed_blocks(unet):
+        block.__dict__.pop("forward", None)  # back to the class's own forward
 
 
 def _finish_full(pipe, config, output_dir, originals, adapter_name, kind, tokens, prompt_template, summary, result,

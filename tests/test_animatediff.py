@@ -1,0 +1,87 @@
+"""AnimateDiff (UNetMotionModel): a row of the target table, and the adapter format read and written both ways."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AnimateDiffPipeline
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+
+import motion_adapter as ma
+from motion_adapter import testing
+from motion_adapter.adapter import lora_layers
+
+from .training.clips import write_clips
+
+
+@pytest.fixture
+def anim():
+    return testing.tiny_animatediff_pipeline()
+
+
+def test_motion_preset_selects_motion_modules_and_cross_kv(anim):
+    spec = ma.resolve_targets(anim, "motion")
+    assert all(".motion_modules." in n for n in spec.groups["temporal"])
+    assert all(n.endswith(("attn2.to_k", "attn2.to_v")) and ".attentions." in n for n in spec.groups["spatial_kv"])
+
+
+def test_keyword_called_projections_are_never_selected(anim):
+    """diffusers calls the motion modules' proj_in/proj_out as proj_in(input=x), which a LoRA layer rejects."""
+    spec = ma.resolve_targets(anim, r"motion_modules")
+    assert spec.module_names and not any(n.endswith(("proj_in", "proj_out")) for n in spec.module_names)
+
+
+def test_an_adapter_changes_generation(anim):
+    base = testing.generate(anim)
+    ma.add_motion_adapter(anim, "pll", rank=4, token="pll")
+    testing.randomize_adapter(anim, "pll")
+    assert np.abs(testing.generate(anim) - base).max() > 1e-3
+
+
+def test_training_runs_on_animatediff(anim, tmp_path):
+    clips = write_clips(tmp_path / "clips")
+    config = ma.TrainConfig(max_train_steps=2, num_frames=4, height=16, width=16, rank=4)
+    result = ma.train_motion(anim, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    assert np.isfinite(result.final_loss) and ma.inspect(result.adapter_dir).base_class == "UNetMotionModel"
+
+
+def test_our_adapter_loads_with_diffusers_own_loader(tmp_path):
+    source = testing.tiny_animatediff_pipeline()
+    ma.add_motion_adapter(source, "pll", rank=4, token="pll")
+    testing.randomize_adapter(source, "pll")
+    folder = ma.save_motion_adapter(source, "pll", tmp_path / "pll", dtype="float32")
+    ours = testing.tiny_animatediff_pipeline()
+    ours.load_motion_adapter(folder)
+    native = testing.tiny_animatediff_pipeline()
+    native.load_lora_weights(folder, adapter_name="pll")
+    np.testing.assert_allclose(testing.generate(native), testing.generate(ours), atol=1e-5)
+    assert np.abs(testing.generate(native) - testing.generate(testing.tiny_animatediff_pipeline())).max() > 1e-3
+
+
+def test_a_lora_saved_by_diffusers_loads_here(tmp_path):
+    made_elsewhere = testing.tiny_animatediff_pipeline()
+    targets = ["to_k", "to_v", "to_q"]
+    made_elsewhere.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    state = get_peft_model_state_dict(made_elsewhere.unet)
+    metadata = made_elsewhere.unet.peft_config["default"].to_dict()
+    AnimateDiffPipeline.save_lora_weights(tmp_path / "foreign", unet_lora_layers=state,
+                                          unet_lora_adapter_metadata=metadata)
+    expected = testing.generate(made_elsewhere)
+
+    pipe = testing.tiny_animatediff_pipeline()
+    name = pipe.load_motion_adapter(tmp_path / "foreign")
+    info = ma.inspect(tmp_path / "foreign")
+    assert info.kind == "lora" and info.rank == 4 and info.alpha == 8.0  # rank and alpha from diffusers' header
+    assert len(lora_layers(pipe.unet)) == len(state) // 2
+    np.testing.assert_allclose(testing.generate(pipe), expected, atol=1e-5)
+    pipe.delete_motion_adapter(name)
+    assert not lora_layers(pipe.unet)
+    assert torch.equal(pipe.unet.conv_in.weight, testing.tiny_animatediff_pipeline().unet.conv_in.weight)
+
+
+def test_a_lora_without_alpha_warns_that_it_loads_at_scale_one(tmp_path):
+    made_elsewhere = testing.tiny_animatediff_pipeline()
+    made_elsewhere.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_k"], init_lora_weights=False))
+    AnimateDiffPipeline.save_lora_weights(tmp_path / "bare", unet_lora_layers=get_peft_model_state_dict(made_elsewhere.unet))
+    with pytest.warns(UserWarning, match="records no LoRA alpha"):
+        testing.tiny_animatediff_pipeline().load_motion_adapter(tmp_path / "bare")
