@@ -300,7 +300,9 @@ def _read_header(file: Path) -> tuple[dict[str, str], dict[str, list[int]]]:
             metadata = handle.metadata() or {}
             shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
     except (SafetensorError, OSError) as error:
-        raise AdapterFormatError(f"{file} is damaged or not a safetensors file ({error}); download or save it again")
+        raise AdapterFormatError(
+            f"{file} is damaged or not a safetensors file ({error}); download or save it again"
+        ) from None
     return metadata, shapes
 
 
@@ -309,7 +311,9 @@ def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
         with safe_open(file, framework="pt") as handle:
             return {key: handle.get_tensor(key).float() for key in handle.keys()}
     except (SafetensorError, OSError) as error:
-        raise AdapterFormatError(f"{file} is damaged or not a safetensors file ({error}); download or save it again")
+        raise AdapterFormatError(
+            f"{file} is damaged or not a safetensors file ({error}); download or save it again"
+        ) from None
 
 
 _LORA_KEY = re.compile(
@@ -339,7 +343,9 @@ def _header(file: Path, metadata: dict[str, str]) -> dict | None:
         header = json.loads(raw)
         version = int(header["format_version"])
     except (ValueError, KeyError, TypeError) as error:
-        raise AdapterFormatError(f"{file}: the {HEADER_KEY!r} header is not valid ({error}); save the adapter again")
+        raise AdapterFormatError(
+            f"{file}: the {HEADER_KEY!r} header is not valid ({error}); save the adapter again"
+        ) from None
     if version > FORMAT_VERSION:
         raise AdapterFormatError(
             f"{file} uses adapter format version {version}, newer than this motion_adapter reads ({FORMAT_VERSION}); "
@@ -406,7 +412,9 @@ def _info(path, weights: Path, embeddings: Path | None, metadata, ranks: dict[st
         try:
             return AdapterInfo(**fields, file_bytes=file_bytes, path=str(path))
         except TypeError as error:
-            raise AdapterFormatError(f"{weights}: the {HEADER_KEY!r} header lacks a field ({error}); save it again")
+            raise AdapterFormatError(
+                f"{weights}: the {HEADER_KEY!r} header lacks a field ({error}); save it again"
+            ) from None
     if not ranks:
         raise AdapterFormatError(f"{weights} holds no LoRA tensors")
     counts = list(ranks.values())

@@ -162,7 +162,9 @@ def resolve_targets(pipe_or_denoiser, preset: str = "motion") -> TargetSpec:
         try:
             pattern = re.compile(preset)
         except re.error as error:
-            raise TargetError(f"{preset!r} is neither a preset nor a valid regex ({error}); {_presets_hint(denoiser)}")
+            raise TargetError(
+                f"{preset!r} is neither a preset nor a valid regex ({error}); {_presets_hint(denoiser)}"
+            ) from None
         selected = {name: role_of(arch, name) for name in candidates if pattern.search(name)}
     if not selected:
         raise TargetError(

@@ -29,6 +29,14 @@ def make_adapter(path, *, name="pll", token="pll", preset="motion", seed=0, rank
     return ma.save_motion_adapter(pipe, name, path, dtype=dtype)
 
 
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory):
+    """The tiny pipeline saved with save_pretrained: a local stand-in for a Hub model id."""
+    folder = tmp_path_factory.mktemp("tiny-base")
+    testing.tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def adapter_dir(tmp_path):
     return make_adapter(tmp_path / "pll")

@@ -4,10 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 import motion_adapter as ma
-from motion_adapter import testing
 from motion_adapter.cli import build_parser, main
 from motion_adapter.training.config import TrainConfig
 from motion_adapter.video import read_video
@@ -40,13 +38,6 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "motion-adapter"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "inspect" in result.stdout
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-base")
-    testing.tiny_pipeline().save_pretrained(folder)
-    return folder
 
 
 def test_train_flags_come_from_train_config():

@@ -3,11 +3,10 @@
 import importlib.util
 from pathlib import Path
 
-import pytest
 
 import motion_adapter as ma
 from motion_adapter import testing
-from motion_adapter.video import read_video, write_video
+from motion_adapter.video import read_video
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -17,13 +16,6 @@ def run_example(name, *argv):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(list(argv))
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-base")
-    testing.tiny_pipeline().save_pretrained(folder)
-    return folder
 
 
 def test_every_example_is_tested():

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import adapter
 from ..constants import FORMAT_VERSION
-from ..format import AdapterFile, AdapterInfo, read_adapter, write_adapter
+from ..format import AdapterFile, AdapterInfo, write_adapter
 from ..hub import model_card
 from ..pipeline import (
     add_motion_adapter,

@@ -1,6 +1,5 @@
 """The training loop on the tiny pipeline, with clips the tests write themselves."""
 
-import json
 
 import numpy as np
 import pytest
