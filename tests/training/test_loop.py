@@ -297,3 +297,33 @@ def test_training_with_gradient_checkpointing(pipe, clips, tmp_path):
                              config=tiny_config(gradient_checkpointing=True))
     assert np.isfinite(result.final_loss)
     assert not any("forward" in vars(block) for block in loop._checkpointed_blocks(pipe.unet))
+
+
+def test_disk_latent_cache_and_generated_regularization(pipe, clips, tmp_path, monkeypatch):
+    drawn = []
+    original = cache.LatentStore.window
+    monkeypatch.setattr(cache.LatentStore, "window", lambda self, i, w: drawn.append(self.mode) or original(self, i, w))
+    config = tiny_config(latent_cache="disk", reg_source="generated", reg_prompts=["a square moving left"],
+                         num_reg_generated=2)  # fmt: skip
+    result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    assert sorted(p.name for p in (tmp_path / "out" / "latent_cache" / "clips").iterdir()) == [
+        "0.safetensors", "1.safetensors", "2.safetensors"]  # fmt: skip
+    assert len(list((tmp_path / "out" / "latent_cache" / "reg").iterdir())) == 2  # two generated clips
+    assert drawn == ["disk"] * 6 and ma.inspect(result.adapter_dir).training["num_reg_clips"] == 2
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision setting per process; start and leave this test with none."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_accumulation_warmup_and_bf16(pipe, clips, tmp_path, fresh_accelerator_state):
+    config = tiny_config(gradient_accumulation_steps=2, warmup_steps=2, mixed_precision="bf16")
+    result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    assert result.steps == 3 and np.isfinite(result.final_loss)
+    assert all(p.dtype == torch.float32 for n, p in pipe.unet.named_parameters() if ".lora_" in n)
