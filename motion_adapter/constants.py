@@ -15,3 +15,5 @@ CARD_MARKER = "<!-- written by motion_adapter: edits here are replaced on the ne
 
 KINDS = ("motion", "subject")
 STORAGE_DTYPES = ("float16", "bfloat16", "float32")
+
+TOYWORLD_BASE_ID = "motion-adapter/toyworld"  # the base model id recorded for the embedded tiny world's pipeline

@@ -20,7 +20,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .constants import CARD_MARKER, CARD_NAME, PICKLE_SUFFIXES
+from .constants import CARD_MARKER, CARD_NAME, PICKLE_SUFFIXES, TOYWORLD_BASE_ID
 from .errors import AdapterNotFoundError
 from .format import AdapterInfo, adapter_files, read_info
 
@@ -125,7 +125,7 @@ def model_card(info: AdapterInfo, *, repo_id: str | None = None, sample: str | N
     animation inside the adapter folder.
     """
     data = ModelCardData(
-        base_model=info.base_model if _is_hub_id(info.base_model) else None,
+        base_model=info.base_model if _is_hub_id(info.base_model) and info.base_model != TOYWORLD_BASE_ID else None,
         library_name=LIBRARY_NAME,
         tags=CARD_TAGS + [info.kind],
         license="apache-2.0",
@@ -153,24 +153,26 @@ def model_card(info: AdapterInfo, *, repo_id: str | None = None, sample: str | N
         lines.append("- training: " + ", ".join(f"{key} {value}" for key, value in info.training.items()))
     if sample:
         lines += ["", f"![sample]({sample})"]
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import torch",
-        "from diffusers import DiffusionPipeline",
-        "import motion_adapter  # adds pipe.load_motion_adapter",
-        "",
-        f'pipe = DiffusionPipeline.from_pretrained("{info.base_model}", torch_dtype=torch.float16).to("cuda")',
-        f'pipe.load_motion_adapter("{source}")',
-        f'frames = pipe("{prompt}", num_frames=16).frames[0]',
-        "```",
-        "",
-        CARD_MARKER,
-        "",
-    ]
+    lines += ["", "## Usage", "", "```python", *_usage(info.base_model, source, prompt), "```", "", CARD_MARKER, ""]
     return str(ModelCard("\n".join(lines)))
+
+
+def _usage(base_model: str | None, source: str, prompt: str) -> list[str]:
+    """The card's usage snippet: load the base the adapter was trained on, load the adapter, generate."""
+    if base_model == TOYWORLD_BASE_ID:
+        load_base = ["from motion_adapter import toyworld", "", "pipe = toyworld.load_pipeline()  # the embedded tiny world"]
+        frames = 8
+    else:
+        base = base_model if _is_hub_id(base_model) else "<id or folder of the base model>"
+        load_base = [
+            "import torch",
+            "from diffusers import DiffusionPipeline",
+            "import motion_adapter  # adds pipe.load_motion_adapter",
+            "",
+            f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
+        ]
+        frames = 16
+    return [*load_base, f'pipe.load_motion_adapter("{source}")', f'frames = pipe("{prompt}", num_frames={frames}).frames[0]']
 
 
 def _is_hub_id(name: str | None) -> bool:
