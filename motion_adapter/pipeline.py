@@ -531,7 +531,8 @@ def _embedding_row(pipe, token: str) -> torch.Tensor:
 def base_model_id(pipe) -> str | None:
     """The Hub id or folder the pipeline was loaded from, if it knows it."""
     name = getattr(pipe, "name_or_path", None) if not isinstance(pipe, nn.Module) else None
-    return name or getattr(getattr(denoiser_of(pipe), "config", None), "_name_or_path", None) or None
+    name = name or getattr(getattr(denoiser_of(pipe), "config", None), "_name_or_path", None)
+    return str(name) if name else None  # a pipeline loaded from a Path holds the Path
 
 
 def _name_from_source(source) -> str:
