@@ -5,6 +5,9 @@
     motion-adapter train-subject --data photos/ --token sks --class-word dog --output-dir out/sks-dog
     motion-adapter generate --adapter out/pll --adapter out/sks-dog:0.8 --prompt "a sks dog doing the pll"
     motion-adapter push out/pll user/pll
+    motion-adapter demo                             # the tiny built-in world, no downloads
+    motion-adapter toyworld pretrain --out base/    # reproduce the shipped tiny base model
+    motion-adapter toyworld ablate [--quick]        # the paper's ablation on the tiny world
 """
 
 import argparse
@@ -78,6 +81,46 @@ def _push(args) -> int:
     )  # fmt: skip
     print(f"pushed {args.folder} to {args.repo_id}: {getattr(commit, 'commit_url', commit)}")
     return 0
+
+
+def _demo(args) -> int:
+    from .toyworld.demo import format_table, run_demo, train_config
+
+    config = train_config(seed=args.seed, **({"max_train_steps": args.steps} if args.steps else {}))
+    metrics = run_demo(args.out, motion=args.motion, seed=args.seed, config=config)
+    print(format_table(metrics))
+    print(f"\nwrote {args.out}/: adapter/, samples/, comparison.png, comparison.gif, metrics.json")
+    return 0
+
+
+def _pretrain(args) -> int:
+    from .toyworld.pretrain import pretrain
+
+    options = {name: value for name, value in vars(args).items() if name in _pretrain_options() and value is not None}
+    print(f"wrote {pretrain(args.out, **options)}")
+    return 0
+
+
+def _ablate(args) -> int:
+    from .toyworld.ablation import format_table, run_ablation
+
+    results = run_ablation(args.out, quick=args.quick)
+    print(format_table(results))
+    print(f"wrote {args.out}/: runs.json, table.md, plot.png (runs in {results['seconds']:.0f} s)")
+    return 0
+
+
+def _pretrain_options() -> dict:
+    """pretrain()'s keyword options and their defaults: each becomes a flag of `toyworld pretrain`."""
+    import inspect
+
+    from .toyworld.pretrain import pretrain
+
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(pretrain).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 def _check_paths(*paths) -> None:
@@ -188,6 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="branch to push to")
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     push.set_defaults(run=_push)
+
+    demo = commands.add_parser("demo", help="the tiny built-in world: teach its base a new motion, show the result")
+    demo.add_argument("--out", default="motion-adapter-demo", help="output folder")
+    demo.add_argument("--motion", default="zigzag", help="the held-out motion to teach (zigzag, orbit, bounce, ...)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the world's recipe)")
+    demo.set_defaults(run=_demo)
+
+    world = commands.add_parser("toyworld", help="the tiny built-in world: pretrain its base model, run the ablation")
+    world_commands = world.add_subparsers(dest="toyworld_command", required=True)
+    pretrain = world_commands.add_parser("pretrain", help="reproduce the shipped base model's weights")
+    pretrain.add_argument("--out", required=True, help="output folder (a pipeline folder, checkpoints, log)")
+    for name, default in _pretrain_options().items():
+        kind = type(default)
+        if kind is bool:
+            pretrain.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                                  default=None, help=f"(default: {default})")  # fmt: skip
+        else:
+            pretrain.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                                  help=f"(default: {default})")  # fmt: skip
+    pretrain.set_defaults(run=_pretrain)
+    ablate = world_commands.add_parser("ablate", help="the paper's ablation grid: runs.json, table.md, plot.png")
+    ablate.add_argument("--out", default="motion-adapter-ablation", help="output folder")
+    ablate.add_argument("--quick", action="store_true", help="the reduced grid (within 10 minutes on 2 CPU cores)")
+    ablate.set_defaults(run=_ablate)
 
     gen = commands.add_parser("generate", help="generate a clip with adapters loaded")
     gen.add_argument("--base", default=DEFAULT_BASE, help=f"base model id or folder (default: {DEFAULT_BASE})")

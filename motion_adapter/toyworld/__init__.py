@@ -1,5 +1,6 @@
 """The embedded default world: tiny clips of shapes in motion, their captions, and their analytic evaluator."""
 
+from motion_adapter.toyworld.demo import run_demo, train_config
 from motion_adapter.toyworld.evaluate import (
     ClipResult,
     EvaluationReport,
@@ -7,6 +8,8 @@ from motion_adapter.toyworld.evaluate import (
     evaluate,
     prior_preservation,
 )
+from motion_adapter.toyworld.model import load_pipeline
+from motion_adapter.toyworld.pretrain import measure_quality, pretrain, sample_clips
 from motion_adapter.toyworld.world import (
     BACKGROUNDS,
     COLORS,
@@ -43,9 +46,15 @@ __all__ = [
     "caption",
     "classify",
     "evaluate",
+    "load_pipeline",
+    "measure_quality",
     "parse_caption",
+    "pretrain",
     "prior_preservation",
     "render",
+    "run_demo",
+    "sample_clips",
     "trajectory",
+    "train_config",
     "valid_pairs",
 ]

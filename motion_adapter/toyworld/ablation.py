@@ -1,0 +1,723 @@
+"""The paper's ablation on the tiny world: `run_ablation` customizes the shipped base under each setting of a grid.
+
+The grid (`GRID`) is a table of variants, one factor changed at a time around the default, which is the demo's
+recipe (`demo.train_config()`, six example clips, real regularization clips): the layers customized, the
+timestep sampling, the regularization, the tuning (LoRA ranks, a full delta and its rank-16 compression, each
+with a learning rate picked by a small sweep), and the number of example clips. Every variant is trained on
+every held-out motion and several seeds, each run on a fresh base, and scored by the analytic evaluator on
+appearances the examples never showed: motion accuracy, copy score, prior preservation (motion accuracy on
+pretraining-motion prompts with the adapter, minus the base's), adapter size and training time. Then the
+composition of a subject ("sks", a star the base never saw, learned from still images) with a motion ("pll"):
+trained apart and loaded together, with and without per-group weights, against the paper's joint training.
+
+Outputs in output_dir: runs.json (every run, the sweeps, the composition), table.md (the paper's layout:
+accuracy / copy per variant, grouped by factor) and plot.png (one panel per factor); each run's folder keeps
+its examples, adapter and a picture of its first samples with what the evaluator read off them.
+
+Cost, measured on the 2-core development machine, one process with one torch thread while the base's
+pretraining used the other core: a run of the default recipe at 100 steps takes about 52 s: 28 s of training
+(0.28 s a step, one example and one regularization clip; 0.15 s without regularization, 0.21 s for a full
+delta, 0.33 s at rank 64; generated regularization adds 9 s to make its clips), 24 s to sample and score 16
+new-appearance and 8 prior-preservation clips (about 1 s a clip: 20 DDIM steps with guidance, the adapter
+fused, batched), and a few seconds to load, render and save. The full grid (`FULL`) is 188 trainings (18
+trained variants x 5 motions x 2 seeds, and 8 more for the learning-rate sweeps), 10 scorings of compressed
+adapters and 2 composition studies (about 150 s each): about 10,400 s of work for one core, so about 90
+minutes with two workers (one per core; their speed side by side on an idle machine was not measured, hence
+100 training steps where 2 hours would hold about 170; the demo trains 300). `QUICK`, five variants on one
+motion and seed plus one composition study, took 421 s with one worker.
+"""
+
+import dataclasses
+import io
+import json
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from ..format import read_info
+from ..pipeline import fuse_motion_adapters, load_motion_adapter, set_motion_adapters, unfuse_motion_adapters
+from ..targets import resolve_targets
+from ..training.config import TrainConfig
+from ..training.loop import train_motion, train_subject
+from ..video import save_grid
+from .demo import (
+    EXAMPLE_APPEARANCES,
+    GUIDANCE,
+    INFERENCE_STEPS,
+    NEW_APPEARANCES,
+    TOKEN,
+    _write_metadata,
+    train_config,
+    write_examples,
+    write_regularization,
+)
+from .evaluate import evaluate, prior_preservation
+from .model import load_pipeline
+from .pretrain import quality_prompts, sample_clips
+from .world import COLORS, HELD_OUT_MOTIONS, HELD_OUT_SHAPES, SHAPES, caption, parse_caption, render
+
+LORA_RATES = (3e-4, 1e-3, 3e-3)  # around the demo's 1e-3
+FULL_RATES = (1e-4, 3e-4, 1e-3)  # a full delta moves every weight: smaller steps
+DEFAULT_EXAMPLES = 6  # the demo's: three appearances, two clips each
+SAMPLES_PER_PROMPT = 2  # each new-appearance prompt is generated with this many seeds
+SUBJECT_TOKEN = "sks"
+SUBJECT_SHAPE = HELD_OUT_SHAPES[0]
+SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave): the token's first embedding
+SUBJECT_COLORS = ("red", "blue", "green")
+SUBJECT_IMAGES = 8
+_PRIOR_SEED_OFFSET = 500  # clip seeds of the prior-preservation prompts, apart from the new-appearance ones
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the grid: what changes from the default recipe, and how its factor's table labels it.
+
+    The row named "default" appears once per factor (as that factor's reference) and is trained once.
+    `label` may name default TrainConfig fields, as "{rank}".
+    """
+
+    name: str
+    factor: str
+    label: str
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields
+    regularization: str = "real"  # "real" clips of pretraining motions, clips the base "generated", or "none"
+    examples: int = DEFAULT_EXAMPLES
+    learning_rates: tuple[float, ...] = ()  # swept on the first motion and seed; () keeps the recipe's rate
+    compressed_of: str | None = None  # scored from the compressed adapter that this other variant's runs write
+
+
+GRID = (
+    Variant("temporal", "parameters", "temporal layers", {"preset": "temporal"}),
+    Variant("spatial-kv", "parameters", "spatial cross-attention k/v", {"preset": "spatial-kv"}),
+    Variant("default", "parameters", "temporal + spatial k/v (paper)"),
+    Variant("appearance", "parameters", "spatial attention (appearance)", {"preset": "appearance"}),
+    Variant("all-attention", "parameters", "temporal + all spatial attention", {"preset": "temporal+appearance"}),
+    Variant("uniform", "timesteps", "uniform", {"timestep_sampling": "uniform"}),
+    Variant("default", "timesteps", "coarse (paper)"),
+    Variant("fine", "timesteps", "fine", {"timestep_sampling": "fine"}),
+    Variant("cubic", "timesteps", "cubic", {"timestep_sampling": "cubic"}),
+    Variant("reg-none", "regularization", "none", regularization="none"),
+    Variant("reg-generated", "regularization", "generated clips", regularization="generated"),
+    Variant("default", "regularization", "real clips, weight {reg_weight} (paper)"),
+    Variant("reg-weight-0.25", "regularization", "real clips, weight 0.25", {"reg_weight": 0.25}),
+    Variant("reg-weight-1", "regularization", "real clips, weight 1.0", {"reg_weight": 1.0}),
+    Variant("rank-4", "tuning", "LoRA rank 4", {"rank": 4}, learning_rates=LORA_RATES),
+    Variant("default", "tuning", "LoRA rank {rank} (default)"),
+    Variant("rank-16", "tuning", "LoRA rank 16", {"rank": 16}, learning_rates=LORA_RATES),
+    Variant("rank-64", "tuning", "LoRA rank 64", {"rank": 64}, learning_rates=LORA_RATES),
+    Variant("full", "tuning", "full delta", {"tuning": "full", "compress_to_rank": 16}, learning_rates=FULL_RATES),
+    Variant("full-r16", "tuning", "full delta compressed to rank 16", compressed_of="full"),
+    Variant("examples-1", "examples", "1 example clip", examples=1),
+    Variant("examples-3", "examples", "3 example clips", examples=3),
+    Variant("default", "examples", f"{DEFAULT_EXAMPLES} example clips (default)"),
+)
+GRID_DEFAULT = next(v for v in GRID if v.name == "default")
+FACTORS = tuple(dict.fromkeys(v.factor for v in GRID))
+
+# The full grid and --quick (a subset of its runs, with the same settings); sized from the measured cost of a run,
+# see the module docstring.
+FULL = dict(motions=HELD_OUT_MOTIONS, seeds=(0, 1), variants=None, steps=100, prompts_per_run=8, prior_prompts=8)
+QUICK = {**FULL, "motions": HELD_OUT_MOTIONS[:1], "seeds": (0,),
+         "variants": ("default", "temporal", "uniform", "reg-none", "examples-1")}  # fmt: skip
+
+
+@dataclass
+class _Settings:
+    """What every run of one ablation shares (sent to the worker processes with each job)."""
+
+    out: Path
+    steps: int
+    prompts_per_run: int
+    prior_prompts: int
+    pipe_factory: Callable
+    base_prior: dict = field(default_factory=dict)  # seed -> the base's EvaluationReport on the prior prompts
+
+
+def run_ablation(
+    output_dir="motion-adapter-ablation",
+    *,
+    quick: bool = False,
+    motions: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    variants: Sequence[str] | None = None,
+    steps: int | None = None,
+    prompts_per_run: int | None = None,
+    prior_prompts: int | None = None,
+    composition: bool = True,
+    workers: int | None = None,
+    pipe_factory: Callable | None = None,
+) -> dict:
+    """Run the ablation grid (and the composition study) into `output_dir`; returns what runs.json holds.
+
+    quick: the reduced grid (`QUICK`) instead of the full one (`FULL`); the other options override either.
+    motions: held-out motions to teach; seeds: training seeds (each also seeds the examples and the samples).
+    variants: names from `GRID` (each factor they touch also shows its default row); steps: training steps per run.
+    prompts_per_run: new-appearance prompts, each sampled SAMPLES_PER_PROMPT times; prior_prompts: pretraining
+        prompts for prior preservation.
+    workers: processes running jobs side by side, one torch thread each (default: one per CPU core); 1 runs
+        everything in this process. pipe_factory: makes a fresh base pipeline (default `load_pipeline`); with
+        several workers it must pickle (a module-level function or a functools.partial of one).
+    """
+    started = time.perf_counter()
+    preset = QUICK if quick else FULL
+    motions = list(motions or preset["motions"])
+    seeds = list(seeds if seeds is not None else preset["seeds"])
+    grid = select_grid(variants if variants is not None else preset["variants"])
+    for motion in motions:
+        if motion not in HELD_OUT_MOTIONS:
+            raise ValueError(f"the ablation teaches motions the base never saw: {', '.join(HELD_OUT_MOTIONS)}")
+    if not seeds:
+        raise ValueError("give at least one seed")
+    s = _Settings(
+        out=Path(output_dir),
+        steps=steps or preset["steps"],
+        prompts_per_run=prompts_per_run or preset["prompts_per_run"],
+        prior_prompts=prior_prompts or preset["prior_prompts"],
+        pipe_factory=pipe_factory or load_pipeline,
+    )
+    workers = workers or os.cpu_count() or 1
+    results = {
+        "settings": {"motions": motions, "seeds": seeds, "steps": s.steps, "prompts_per_run": s.prompts_per_run,
+                     "samples_per_prompt": SAMPLES_PER_PROMPT, "prior_prompts": s.prior_prompts, "quick": quick,
+                     "inference_steps": INFERENCE_STEPS, "guidance_scale": GUIDANCE, "workers": workers},
+        "variants": [dataclasses.asdict(v) for v in grid],
+        "base_prior_accuracy": {}, "runs": [], "lr_sweeps": {}, "composition": None,
+    }  # fmt: skip
+    unique = list({v.name: v for v in grid}.values())
+    cells = [(motion, seed) for motion in motions for seed in seeds]
+    total = len(seeds) + sum(len(cells) + max(len(v.learning_rates) - 1, 0) for v in unique)
+    progress = tqdm(total=total + (len(seeds) if composition else 0), desc="ablation runs", unit="run")
+    with _pool(workers, s.out / "logs") as pool:
+        reports = _map(pool, [partial(_base_prior, s, seed) for seed in seeds], progress)
+        s.base_prior = dict(zip(seeds, reports))
+        results["base_prior_accuracy"] = {str(seed): r.motion_accuracy for seed, r in s.base_prior.items()}
+        runs = _grid(s, pool, unique, cells, results, progress)
+        if composition:
+            jobs = [partial(_composition_seed, s, runs[("default", motions[0], seed)]) for seed in seeds]
+            results["composition"] = _composition_summary(motions[0], _map(pool, jobs, progress))
+    progress.close()
+    results["runs"] = [runs[(v.name, *cell)] for v in unique for cell in cells]
+    results["summary"] = summarize(results["runs"])
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    _write_json(s.out / "runs.json", results)
+    _write_text(s.out / "table.md", format_table(results))
+    _write_bytes(s.out / "plot.png", plot(results))
+    return results
+
+
+def select_grid(names: Sequence[str] | None) -> list[Variant]:
+    """The rows of GRID for these variant names (all rows for None), with the default's row in each factor shown."""
+    if names is None:
+        return list(GRID)
+    known = {v.name for v in GRID}
+    unknown = set(names) - known
+    if unknown:
+        raise ValueError(f"unknown variants {', '.join(sorted(unknown))}; the grid has {', '.join(known)}")
+    for v in GRID:
+        if v.name in names and v.compressed_of and v.compressed_of not in names:
+            raise ValueError(f"{v.name} is scored from the runs of {v.compressed_of}: select {v.compressed_of} too")
+    factors = {v.factor for v in GRID if v.name in names and v.name != "default"} or {GRID_DEFAULT.factor}
+    return [v for v in GRID if v.factor in factors and (v.name in names or v.name == "default")]
+
+
+# ---------------------------------------------------------------- jobs, in this process or in workers
+
+
+@contextmanager
+def _pool(workers: int, log_dir: Path):
+    """A pool of `workers` processes (None for one: jobs then run here). Workers log to log_dir/worker-<pid>.log."""
+    if workers == 1:
+        yield None
+        return
+    log_dir.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state forked from this one
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(log_dir,)) as pool:
+        yield pool
+
+
+def _start_worker(log_dir: Path) -> None:
+    """One torch thread per worker (the workers share the cores), progress bars and warnings into a log file."""
+    import torch
+
+    torch.set_num_threads(1)
+    sys.stderr = open(log_dir / f"worker-{os.getpid()}.log", "a", buffering=1)  # noqa: SIM115 (the worker's life)
+
+
+def _map(pool, jobs: list[partial], progress) -> list:
+    """Run jobs (callables of no argument) here or in the pool; their results in the order of the jobs."""
+    if pool is None:
+        results = []
+        for job in jobs:
+            results.append(job())
+            progress.update(1)
+        return results
+    futures = [pool.submit(job) for job in jobs]
+    for _ in as_completed(futures):
+        progress.update(1)
+    return [future.result() for future in futures]
+
+
+def _grid(s: _Settings, pool, variants: list[Variant], cells: list[tuple[str, int]], results: dict, progress) -> dict:
+    """Every run of the grid: the sweeps, the other trainings, then the scores of the compressed adapters.
+
+    Returns {(variant, motion, seed): run}.
+    """
+    swept = _sweeps(s, pool, variants, cells[0], results, progress)  # variant name -> its run on cells[0]
+    rate = {name: run["learning_rate"] for name, run in swept.items()}
+    todo = [(v, cell) for v in variants if not v.compressed_of for cell in cells
+            if not (v.name in swept and cell == cells[0])]  # fmt: skip
+    jobs = [partial(_train_and_score, s, v, motion=motion, seed=seed, learning_rate=rate.get(v.name))
+            for v, (motion, seed) in todo]  # fmt: skip
+    runs = {_key(r): r for r in [*_map(pool, jobs, progress), *swept.values()]}
+    jobs = [partial(_score_compressed, s, v, runs[(v.compressed_of, *cell)])
+            for v in variants if v.compressed_of for cell in cells]  # fmt: skip
+    runs.update({_key(r): r for r in _map(pool, jobs, progress)})
+    return runs
+
+
+def _key(run: dict) -> tuple[str, str, int]:
+    return run["variant"], run["motion"], run["seed"]
+
+
+def _sweeps(s: _Settings, pool, variants: list[Variant], cell: tuple[str, int], results: dict, progress) -> dict:
+    """Train each variant that has rates to sweep at each rate on one motion and seed; keep the most accurate.
+
+    Ties go to the lower copy score, then to the earlier rate. Records every sweep in results["lr_sweeps"];
+    returns {variant name: the chosen rate's run}, which is also that variant's run for this cell.
+    """
+    motion, seed = cell
+    swept = [(v, rate) for v in variants for rate in v.learning_rates]
+    jobs = [partial(_train_and_score, s, v, motion=motion, seed=seed, learning_rate=rate,
+                    folder=s.out / "sweeps" / v.name / f"lr-{rate:g}") for v, rate in swept]  # fmt: skip
+    records = _map(pool, jobs, progress)
+    chosen = {}
+    for v in variants:
+        if not v.learning_rates:
+            continue
+        runs = [r for (w, _), r in zip(swept, records) if w is v]
+        best = max(runs, key=lambda r: (r["motion_accuracy"], -(r["copy_score"] or 0.0)))
+        results["lr_sweeps"][v.name] = {
+            "motion": motion, "seed": seed, "chosen": best["learning_rate"],
+            "rates": [{key: r[key] for key in ("learning_rate", "motion_accuracy", "copy_score", "prior_preservation",
+                                               "final_loss")} for r in runs],
+        }  # fmt: skip
+        chosen[v.name] = best
+    return chosen
+
+
+def _train_and_score(
+    s: _Settings, variant: Variant, *, motion: str, seed: int, learning_rate: float | None = None, folder=None
+) -> dict:
+    """One run: render the examples and regularization, train on a fresh base, score the adapter."""
+    started = time.perf_counter()
+    folder = folder or s.out / "runs" / variant.name / f"{motion}-s{seed}"
+    examples, appearances = _examples(folder / "examples", motion, seed=seed, count=variant.examples)
+    config = _config(s, variant, seed=seed, learning_rate=learning_rate)
+    reg_data = None
+    if variant.regularization != "none":
+        write_regularization(folder / "regularization", seed=seed)
+        if variant.regularization == "generated":  # the same captions, clips made by the base itself
+            config = config.replace(reg_source="generated", reg_prompts=_captions(folder / "regularization"))
+        else:
+            reg_data = folder / "regularization"
+    pipe = _fresh_pipe(s)
+    result = train_motion(pipe, data=examples, token=TOKEN, output_dir=folder / "adapter", reg_data=reg_data,
+                          config=config)  # fmt: skip
+    scores = _score(s, pipe, motion=motion, seed=seed, appearances=appearances, folder=folder)
+    return {
+        "variant": variant.name, "factors": _factors(variant), "motion": motion, "seed": seed,
+        "learning_rate": config.lr, "regularization": variant.regularization, "num_examples": len(examples),
+        "training_appearances": appearances, "config": dataclasses.asdict(config),
+        **scores,
+        "adapter_bytes": read_info(folder / "adapter").file_bytes, "train_seconds": round(result.seconds, 2),
+        "final_loss": result.final_loss, "adapter_dir": str(folder / "adapter"),
+        "compressed_dir": str(result.compressed_dir) if result.compressed_dir else None,
+        "energy_kept": result.energy_kept, "run_seconds": round(time.perf_counter() - started, 2),
+    }  # fmt: skip
+
+
+def _score_compressed(s: _Settings, variant: Variant, parent: dict) -> dict:
+    """Score the compressed adapter a full-delta run wrote, loaded into a fresh base."""
+    started = time.perf_counter()
+    pipe = _fresh_pipe(s)
+    load_motion_adapter(pipe, parent["compressed_dir"], adapter_name=TOKEN)
+    folder = Path(parent["compressed_dir"]).parent
+    scores = _score(s, pipe, motion=parent["motion"], seed=parent["seed"],
+                    appearances=parent["training_appearances"], folder=folder, name=variant.name)  # fmt: skip
+    return {
+        **parent, **scores, "variant": variant.name, "factors": _factors(variant),
+        "adapter_bytes": read_info(parent["compressed_dir"]).file_bytes, "adapter_dir": parent["compressed_dir"],
+        "compressed_dir": None, "run_seconds": round(time.perf_counter() - started, 2),
+    }  # fmt: skip
+
+
+def _factors(variant: Variant) -> list[str]:
+    """The factors whose tables show this variant: one, or every factor for the default."""
+    return [v.factor for v in GRID if v.name == variant.name]
+
+
+def _config(s: _Settings, variant: Variant, *, seed: int, learning_rate: float | None) -> TrainConfig:
+    """The demo's recipe with the run's seed and steps, the variant's changes and the swept rate."""
+    rate = {"learning_rate": learning_rate} if learning_rate is not None else {}
+    return train_config(**{"seed": seed, "max_train_steps": s.steps, **variant.overrides, **rate})
+
+
+def _examples(folder: Path, motion: str, *, seed: int, count: int) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The first `count` example clips of the demo's set, taken appearance by appearance; and their appearances."""
+    per_appearance = math.ceil(count / len(EXAMPLE_APPEARANCES))
+    write_examples(folder, motion, seed=seed, per_appearance=per_appearance)
+    by_appearance: dict[tuple[str, str], list[str]] = {}
+    for entry in _metadata(folder):
+        shape, color, _ = parse_caption(entry["text"], {TOKEN: motion})
+        by_appearance.setdefault((shape, color), []).append(entry["file_name"])
+    order = [(a, names[k]) for k in range(per_appearance) for a, names in by_appearance.items() if k < len(names)]
+    chosen = order[:count]
+    return [folder / name for _, name in chosen], list(dict.fromkeys(a for a, _ in chosen))
+
+
+def _metadata(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _captions(folder: Path) -> list[str]:
+    return [entry["text"] for entry in _metadata(folder)]
+
+
+def _fresh_pipe(s: _Settings):
+    pipe = s.pipe_factory()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def new_appearance_prompts(count: int) -> list[str]:
+    """`count` prompts "a <color> <shape> doing the pll" for appearances no example shows, the demo's first."""
+    shown = set(EXAMPLE_APPEARANCES) | set(NEW_APPEARANCES)
+    rest = [(shape, color) for shape in SHAPES for color in COLORS if (shape, color) not in shown]
+    pairs = list(NEW_APPEARANCES) + rest
+    if count > len(pairs):
+        raise ValueError(f"the world has {len(pairs)} appearances the examples never show; ask for at most that many")
+    return [caption(shape, color, token=TOKEN) for shape, color in pairs[:count]]
+
+
+def _sample(pipe, prompts: list[str], *, seed: int) -> list[np.ndarray]:
+    """Clips with the world's inference settings (the demo's), batched; clip i is seeded `seed + i`."""
+    return sample_clips(pipe, prompts, seed=seed, num_inference_steps=INFERENCE_STEPS, guidance_scale=GUIDANCE)
+
+
+def _score(s: _Settings, pipe, *, motion: str, seed: int, appearances, folder: Path, name: str = "samples") -> dict:
+    """Motion accuracy and copy score on new appearances, prior preservation on pretraining prompts.
+
+    The adapters are fused first: sampling then costs what the base costs, with the same outputs up to rounding.
+    """
+    base_prior = s.base_prior[seed]
+    fuse_motion_adapters(pipe)
+    prompts = [p for p in new_appearance_prompts(s.prompts_per_run) for _ in range(SAMPLES_PER_PROMPT)]
+    clips = _sample(pipe, prompts, seed=seed * 1000)
+    report = evaluate(clips, prompts, tokens={TOKEN: motion}, training_appearances=appearances)
+    prior_prompts = [c.prompt for c in base_prior.clips]
+    prior = evaluate(_sample(pipe, prior_prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prior_prompts)
+    _save_readings(folder / f"{name}.png", clips, report)
+    return {
+        "motion_accuracy": report.motion_accuracy,
+        "copy_score": report.copy_score,
+        "appearance_accuracy": report.appearance_accuracy,
+        "prior_preservation": prior_preservation(prior, base_prior),
+        "clips": [{"prompt": c.prompt, "motion": c.found_motion, "color": c.found_color, "shape": c.found_shape}
+                  for c in report.clips],
+    }  # fmt: skip
+
+
+def _save_readings(path: Path, clips, report, count: int = 8) -> None:
+    """The first clips as rows of frames, each labelled with the motion, colour and shape read off it."""
+    labels = [f"{c.found_motion} {c.found_color} {c.found_shape}" for c in report.clips]
+    save_grid(path, clips[:count], labels=labels[:count])
+
+
+def _base_prior(s: _Settings, seed: int):
+    """The base's report on the prior-preservation prompts of one seed (computed once, used by every run)."""
+    prompts = quality_prompts(s.prior_prompts, seed=seed)
+    return evaluate(_sample(_fresh_pipe(s), prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prompts)
+
+
+# ---------------------------------------------------------------- composition
+
+
+def _composition_seed(s: _Settings, default_run: dict) -> dict:
+    """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
+    trained apart and loaded together, then with per-group weights, and trained jointly. {method: scores}."""
+    motion, seed = default_run["motion"], default_run["seed"]
+    folder = s.out / "composition" / f"s{seed}"
+    images = _write_subject_images(folder / "subject-images", seed=seed)
+    config = _config(s, GRID_DEFAULT, seed=seed, learning_rate=None)
+    train_subject(_fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,
+                  output_dir=folder / SUBJECT_TOKEN, config=config)  # fmt: skip
+    scores = {}
+    pipe = _fresh_pipe(s)
+    load_motion_adapter(pipe, folder / SUBJECT_TOKEN, adapter_name=SUBJECT_TOKEN)
+    load_motion_adapter(pipe, default_run["adapter_dir"], adapter_name=TOKEN)
+    scores["separate, composed"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "composed.png")
+    unfuse_motion_adapters(pipe)
+    weights = [_weight_on(pipe, folder / SUBJECT_TOKEN, temporal=False),
+               _weight_on(pipe, default_run["adapter_dir"], temporal=True)]  # fmt: skip
+    set_motion_adapters(pipe, [SUBJECT_TOKEN, TOKEN], weights=weights)
+    scores["separate, per-group weights"] = _score_composition(pipe, motion, seed, s.prompts_per_run,
+                                                              folder / "per-group-weights.png")  # fmt: skip
+
+    write_examples(folder / "examples", motion, seed=seed)
+    write_regularization(folder / "regularization", seed=seed)
+    joint = config.replace(max_train_steps=2 * s.steps, motion_first_steps=s.steps // 2)
+    pipe = _fresh_pipe(s)
+    train_subject(pipe, data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD, output_dir=folder / "joint",
+                  config=joint, motion_data=folder / "examples", motion_token=TOKEN,
+                  reg_data=folder / "regularization")  # fmt: skip
+    scores["joint"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "joint.png")
+    return scores
+
+
+def _composition_summary(motion: str, per_seed: list[dict]) -> dict:
+    """The composition's runs per method, with mean and spread over seeds."""
+    methods = {name: [scores[name] for scores in per_seed] for name in per_seed[0]}
+    return {
+        "motion": motion, "subject": SUBJECT_SHAPE, "subject_token": SUBJECT_TOKEN, "motion_token": TOKEN,
+        "class_word": SUBJECT_CLASS_WORD,
+        "methods": {name: {"runs": runs, **_spread(runs, ("shape_accuracy", "motion_accuracy", "both"))}
+                    for name, runs in methods.items()},
+    }  # fmt: skip
+
+
+def _write_subject_images(folder: Path, *, seed: int) -> Path:
+    """Still PNG frames of the subject shape in several colours, positions, sizes and angles, captioned "a red sks"."""
+    rng = np.random.default_rng([seed, 7])
+    entries = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(SUBJECT_IMAGES):
+        color = SUBJECT_COLORS[i % len(SUBJECT_COLORS)]
+        pose = (*rng.uniform(0.4, 0.6, 2), rng.uniform(0.8, 1.2), rng.uniform(0.0, 360.0))
+        frame = render(SUBJECT_SHAPE, color, lambda u: pose, seed=seed * 100 + i, num_frames=2)[0]
+        name = f"{SUBJECT_SHAPE}-{i}.png"
+        _write_bytes(folder / name, _png(Image.fromarray(frame)))
+        entries.append({"file_name": name, "text": f"a {color} {SUBJECT_TOKEN}"})
+    _write_metadata(folder, entries)
+    return folder
+
+
+def _weight_on(pipe, adapter_dir, *, temporal: bool) -> float | dict[str, float]:
+    """A per-group weight that keeps an adapter to its temporal group (temporal=True) or to its spatial groups."""
+    groups = resolve_targets(pipe, read_info(adapter_dir).preset).groups
+    off = {group: 0.0 for group in groups if (group == "temporal") != temporal}
+    return off or 1.0
+
+
+def _score_composition(pipe, motion: str, seed: int, count: int, picture: Path) -> dict:
+    """Shape (the subject's) and motion read off "a <color> sks doing the pll" clips, with the adapters fused;
+    the first clips with what was read off them go to `picture`."""
+    fuse_motion_adapters(pipe)
+    subjects = [SUBJECT_TOKEN] + [f"{color} {SUBJECT_TOKEN}" for color in COLORS]
+    prompts = [f"a {subjects[i % len(subjects)]} doing the {TOKEN}" for i in range(count)]
+    prompts = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)]
+    clips = _sample(pipe, prompts, seed=seed * 1000)
+    report = evaluate(clips, prompts, tokens={TOKEN: motion, SUBJECT_TOKEN: SUBJECT_SHAPE})
+    _save_readings(picture, clips, report)
+    return {
+        "seed": seed,
+        "shape_accuracy": float(np.mean([c.shape_ok for c in report.clips])),
+        "motion_accuracy": report.motion_accuracy,
+        "both": float(np.mean([bool(c.shape_ok and c.motion_ok) for c in report.clips])),
+        "clips": [{"prompt": c.prompt, "motion": c.found_motion, "color": c.found_color, "shape": c.found_shape}
+                  for c in report.clips],
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- summary, table, plot
+
+
+def _spread(runs: list[dict], keys) -> dict:
+    """Mean and standard deviation of each key over runs (None values left out)."""
+    summary = {}
+    for key in keys:
+        values = [r[key] for r in runs if r[key] is not None]
+        summary[key] = float(np.mean(values)) if values else None
+        summary[f"{key}_std"] = float(np.std(values)) if values else None
+    return summary
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per variant: mean and spread over motions and seeds of the scores; mean size, time and the learning rate."""
+    by_variant: dict[str, list[dict]] = {}
+    for run in runs:
+        by_variant.setdefault(run["variant"], []).append(run)
+    return {
+        name: {
+            "runs": len(group),
+            **_spread(group, ("motion_accuracy", "copy_score", "prior_preservation", "train_seconds")),
+            "adapter_bytes": int(np.mean([r["adapter_bytes"] for r in group])),
+            "learning_rate": group[0]["learning_rate"],
+        }
+        for name, group in by_variant.items()
+    }
+
+
+def _labels(results: dict) -> list[tuple[str, str, str]]:
+    """(factor, variant name, label) for every row of the grid that was run, labels filled from the default config."""
+    default = train_config()
+    fields = dataclasses.asdict(default)
+    return [(v["factor"], v["name"], v["label"].format(**fields)) for v in results["variants"]]
+
+
+def _percent(value, std=None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 1e6 else f"{num_bytes / 1e3:.0f} kB"
+
+
+def format_table(results: dict) -> str:
+    """table.md: a row per variant, grouped by factor (accuracy / copy as the paper shows them), then the sweeps
+    and the composition."""
+    summary = results["summary"]
+    settings = results["settings"]
+    lines = [
+        "# Ablation on the tiny world",
+        "",
+        f"Motions {', '.join(settings['motions'])}; seeds {', '.join(map(str, settings['seeds']))}; "
+        f"{settings['steps']} training steps; {settings['prompts_per_run']} new-appearance prompts x "
+        f"{settings['samples_per_prompt']} samples per run. Accuracy and copy in percent, mean ± standard deviation "
+        "over motions and seeds; prior preservation in points: motion accuracy on "
+        f"{settings['prior_prompts']} pretraining prompts with the adapter minus the base's (the base's: "
+        f"{', '.join(f'{100 * a:.0f}%' for a in results['base_prior_accuracy'].values())}).",
+        "",
+        "| factor | setting | accuracy | copy | prior preservation | adapter | train time | learning rate |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for factor, name, label in _labels(results):
+        row = summary[name]
+        pp = row["prior_preservation"]
+        lines.append(
+            f"| {factor} | {label} | {_percent(row['motion_accuracy'], row['motion_accuracy_std'])} | "
+            f"{_percent(row['copy_score'])} | {'-' if pp is None else f'{pp:+.1f}'} | {_size(row['adapter_bytes'])} | "
+            f"{row['train_seconds']:.0f} s | {row['learning_rate']:g} |"
+        )
+    if results["lr_sweeps"]:
+        lines += ["", "Learning-rate sweeps (one motion and seed; the most accurate rate is used for every run):", "",
+                  "| variant | learning rate | accuracy | copy | final loss | chosen |",
+                  "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+        for name, sweep in results["lr_sweeps"].items():
+            for rate in sweep["rates"]:
+                chosen = "yes" if rate["learning_rate"] == sweep["chosen"] else ""
+                lines.append(f"| {name} | {rate['learning_rate']:g} | {_percent(rate['motion_accuracy'])} | "
+                             f"{_percent(rate['copy_score'])} | {rate['final_loss']:.4f} | {chosen} |")  # fmt: skip
+    composition = results["composition"]
+    if composition:
+        subject, motion = composition["subject_token"], composition["motion_token"]
+        lines += ["", f"Composition: \"a [color] {subject} doing the {motion}\" ({subject} = {composition['subject']}, "
+                  f"{motion} = {composition['motion']}); percent of clips, mean ± standard deviation over seeds.", "",
+                  "| method | shape | motion | both |", "|---|---:|---:|---:|"]  # fmt: skip
+        for name, m in composition["methods"].items():
+            cells = [_percent(m[key], m[f"{key}_std"]) for key in ("shape_accuracy", "motion_accuracy", "both")]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+_PANEL = dict(bar=56, gap=18, height=300, top=34, bottom=70, left=40, title=24, max_width=1100)  # pixels
+
+
+def plot(results: dict) -> bytes:
+    """plot.png as bytes: one panel per factor, a bar per setting (mean motion accuracy) with its spread."""
+    font = ImageFont.load_default()
+    panels: dict[str, list[tuple[str, str]]] = {}
+    for factor, name, label in _labels(results):
+        panels.setdefault(factor, []).append((name, label))
+    p = _PANEL
+    placed, x, y = [], 0, p["title"]  # (factor, x, y) of each panel, filled in rows of at most max_width
+    for factor, bars in panels.items():
+        width = p["left"] + len(bars) * (p["bar"] + p["gap"]) + p["gap"]
+        if x and x + width > p["max_width"]:
+            x, y = 0, y + p["height"]
+        placed.append((factor, x, y))
+        x += width
+    width = max(x + p["left"] + len(panels[f]) * (p["bar"] + p["gap"]) + p["gap"] for f, x, _ in placed)
+    image = Image.new("RGB", (width + 10, y + p["height"]), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((5, 6), "motion accuracy on new appearances, % (mean, whiskers one standard deviation over motions and "
+              "seeds); dark: the default", fill="black", font=font)  # fmt: skip
+    for factor, x, y in placed:
+        _panel(draw, font, x + 5, y, factor, panels[factor], results["summary"])
+    return _png(image)
+
+
+def _panel(draw, font, x0: int, y0: int, factor: str, bars, summary: dict) -> None:
+    """One factor's panel at (x0, y0): axis 0-100 %, bars with a whisker of one standard deviation, wrapped labels."""
+    p = _PANEL
+    top, base = y0 + p["top"], y0 + p["height"] - p["bottom"]
+    scale = (base - top) / 100.0
+    draw.text((x0 + p["left"], y0 + 8), factor, fill="black", font=font)
+    for tick in (0, 25, 50, 75, 100):
+        y = base - tick * scale
+        draw.line((x0 + p["left"] - 4, y, x0 + p["left"] + len(bars) * (p["bar"] + p["gap"]), y), fill=(220, 220, 220))
+        draw.text((x0 + 4, y - 6), f"{tick}%", fill="gray", font=font)
+    for i, (name, label) in enumerate(bars):
+        row = summary[name]
+        left = x0 + p["left"] + p["gap"] + i * (p["bar"] + p["gap"])
+        mean = 100 * (row["motion_accuracy"] or 0.0)
+        std = 100 * (row["motion_accuracy_std"] or 0.0)
+        color = (70, 110, 200) if name == "default" else (150, 170, 210)
+        draw.rectangle((left, base - mean * scale, left + p["bar"], base), fill=color)
+        centre = left + p["bar"] // 2
+        low, high = max(mean - std, 0.0), min(mean + std, 100.0)
+        draw.line((centre, base - high * scale, centre, base - low * scale), fill="black", width=1)
+        for y in (base - high * scale, base - low * scale):
+            draw.line((centre - 6, y, centre + 6, y), fill="black")
+        draw.text((left, base - mean * scale - 13), f"{mean:.0f}", fill="black", font=font)
+        wrapped = textwrap.wrap(label, width=11)[:5]
+        for k, line in enumerate(wrapped):
+            draw.text((left - p["gap"] // 2, base + 4 + 12 * k), line, fill="black", font=font)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically: a temporary file beside it, moved into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_text(path, json.dumps(data, indent=1))

@@ -1,0 +1,488 @@
+"""Pretraining the tiny world's base model: `pretrain(output_dir)` makes the weights that ship in `weights/`.
+
+Two stages, each a plain loop that reads top to bottom, checkpointed atomically and resumable:
+1. the VAE: an AutoencoderKL trained on single frames rendered from the pretraining world (shapes x colours x
+   backgrounds, at random poses), reconstruction MSE plus a small KL term, a warmup-stable-decay rate; then
+   frozen.
+   Its `scaling_factor` is set to one over the standard deviation of the latents of the clip pool.
+2. the denoiser: a pool of clips (every valid (shape, motion) pair x colour x background, several jittered
+   clips each) is rendered and encoded once; the UNet3DConditionModel and the CLIPTextModel are trained
+   together on it with v-prediction (cosine schedule), uniform timesteps, AdamW with a short warmup and then a
+   constant rate (the text encoder at a higher rate), captions from `toyworld.caption`, some captions without
+   their colour and some empty (for classifier-free guidance). The exported weights are an exponential
+   moving average of the trained ones.
+Held-out motions and held-out shapes are never rendered here.
+
+Every step draws its randomness from (seed, step) alone, so a resumed run takes the same steps as an
+uninterrupted one (equal up to floating-point rounding). The output folder is a diffusers pipeline folder
+once the first denoiser checkpoint is written (`toyworld.load_pipeline(output_dir)` reads it), plus
+`checkpoints/`, `latents.safetensors` (the encoded pool) and `log.txt`.
+
+Cost on CPU (one thread of a 2-core x86 machine, torch 2.13): the VAE stage about 0.4 s a step
+(2,000 steps: about 14 minutes), encoding the pool about 2 minutes, the denoiser about 0.65 s a step at
+batch 16 (the shipped recipe's 8,000 steps: about 90 minutes). See the shipped weights' README for the
+measured quality.
+"""
+
+import copy
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from motion_adapter.toyworld.model import (
+    build_scheduler,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+    write_tokenizer_files,
+)
+from motion_adapter.toyworld.world import (
+    BACKGROUNDS,
+    COLORS,
+    PRETRAIN_MOTIONS,
+    SHAPES,
+    caption,
+    render,
+    valid_pairs,
+)
+
+_CHECKPOINTS = "checkpoints"
+_LATENTS = "latents.safetensors"
+_LOG = "log.txt"
+_VAE_DECAY_FROM = 2 / 3  # the VAE's rate decays (cosine, to 0) over its last third: at a constant 2e-3 it can blow up
+_STEP_SEED = 1_000_003  # each step's generator is seeded with seed * _STEP_SEED + step (+ a stage offset)
+
+
+def pretrain(
+    output_dir,
+    *,
+    steps: int = 8000,
+    vae_steps: int = 1500,
+    batch_size: int = 16,
+    vae_batch_size: int = 32,
+    learning_rate: float = 5e-4,
+    text_learning_rate: float = 1e-3,
+    vae_learning_rate: float = 2e-3,
+    warmup_steps: int = 200,
+    pool_size: int = 7200,
+    caption_dropout: float = 0.1,
+    color_dropout: float = 0.15,
+    ema_decay: float = 0.999,
+    seed: int = 0,
+    resume: bool = True,
+    log_every: int = 50,
+    checkpoint_every: int = 500,
+    keep_checkpoints: int = 2,
+) -> Path:
+    """Pretrain the tiny world's base model into `output_dir`; the defaults are the shipped recipe.
+
+    steps: denoiser (UNet + text encoder) training steps; vae_steps: VAE training steps, run first.
+    batch_size: clips per denoiser step; vae_batch_size: frames per VAE step.
+    learning_rate / text_learning_rate / vae_learning_rate: AdamW rates of the UNet, the text encoder and
+        the VAE, reached after `warmup_steps` of linear warmup and then held (the denoiser's, so that its
+        checkpoint at step k is the recipe with steps=k); the VAE's decays to 0 over its last third.
+    pool_size: clips in the denoiser's pool, rendered once and encoded: clip i is the i-th (shape, colour,
+        motion, background) of the pretraining world, cycling (900 of them: 7200 is 8 jittered clips each).
+    caption_dropout: share of captions replaced by "" (the unconditional prompt of classifier-free guidance);
+        color_dropout: share of the others written without their colour ("a circle moving left").
+    ema_decay: decay of the exponential moving average whose weights are exported.
+    resume: continue from the latest checkpoint in `output_dir/checkpoints` (False: start over there).
+    log_every: steps between log lines (log.txt, also printed); checkpoint_every: steps between checkpoints,
+        each also exporting the pipeline folder; keep_checkpoints: how many to keep per stage (0: all).
+    Returns the output folder, a pipeline folder that `toyworld.load_pipeline` reads.
+    """
+    options = {k: v for k, v in locals().items() if k != "output_dir"}
+    for name, value in (("steps", steps), ("vae_steps", vae_steps), ("batch_size", batch_size),
+                        ("vae_batch_size", vae_batch_size), ("pool_size", pool_size),
+                        ("log_every", log_every), ("checkpoint_every", checkpoint_every)):  # fmt: skip
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if keep_checkpoints < 0:
+        raise ValueError(f"keep_checkpoints must be 0 (keep all) or more, got {keep_checkpoints}")
+    output_dir = Path(output_dir)
+    (output_dir / _CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    log = _Log(output_dir / _LOG)
+    log(f"pretrain {output_dir} {json.dumps(options, sort_keys=True)}")
+    if not resume:
+        for path in (output_dir / _CHECKPOINTS).glob("*.safetensors"):
+            path.unlink()
+        (output_dir / _LATENTS).unlink(missing_ok=True)
+    started = time.time()
+    tokenizer, scheduler = build_tokenizer(), build_scheduler()
+
+    # Stage 1: the VAE.
+    vae = _seeded(build_vae, seed)
+    _train(
+        "vae", vae, None, steps=vae_steps, lrs=[vae_learning_rate], warmup_steps=warmup_steps,
+        step_loss=lambda step: _vae_loss(vae, _frame_batch(seed, step, vae_batch_size)),
+        ema_decay=None, seed=seed, output_dir=output_dir, log=log, log_every=log_every,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, export=None, decay_from=_VAE_DECAY_FROM,
+    )  # fmt: skip
+    vae.eval().requires_grad_(False)
+
+    # The clip pool, encoded once: (n, 4, frames, 8, 8) latents scaled to unit standard deviation.
+    latents, combos = _latent_pool(vae, seed, pool_size, output_dir, log)
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    latents = latents * vae.config.scaling_factor
+    captions = _caption_ids(tokenizer, combos)
+
+    # Stage 2: the denoiser, UNet and text encoder together.
+    text_encoder = _seeded(build_text_encoder, seed, len(tokenizer))
+    unet = _seeded(build_unet, seed)
+    denoiser = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    ema = copy.deepcopy(denoiser)  # the exported weights: an exponential moving average of the trained ones
+    ema.eval().requires_grad_(False)
+
+    def step_loss(step):
+        generator = torch.Generator().manual_seed(seed * _STEP_SEED + step)
+        torch.manual_seed(seed * _STEP_SEED + step)  # the UNet's dropout
+        pick = torch.randint(len(latents), (batch_size,), generator=generator)
+        variant = torch.rand(batch_size, generator=generator)
+        which = torch.where(variant < caption_dropout, 2, torch.where(variant < caption_dropout + color_dropout, 1, 0))
+        ids = captions[pick, which]  # (b, MAX_TOKENS): full caption, caption without colour, or ""
+        clean = latents[pick]  # (b, 4, frames, 8, 8)
+        noise = torch.randn(clean.shape, generator=generator)
+        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, t)
+        target = scheduler.get_velocity(clean, noise, t)
+        prediction = unet(noisy, t, text_encoder(ids)[0]).sample
+        return F.mse_loss(prediction, target)
+
+    def export():
+        _export(output_dir, vae, ema["text_encoder"], tokenizer, ema["unet"], scheduler)
+
+    _train(
+        "unet", denoiser, ema, steps=steps, lrs=[learning_rate, text_learning_rate], warmup_steps=warmup_steps,
+        step_loss=step_loss, ema_decay=ema_decay, seed=seed, output_dir=output_dir, log=log,
+        log_every=log_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, export=export,
+    )  # fmt: skip
+    export()
+    log(f"done in {_clock(time.time() - started)} (this call); pipeline in {output_dir}")
+    return output_dir
+
+
+class _Log:
+    """Appends timestamped lines to log.txt and prints them."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, flush=True)
+        with self.path.open("a") as file:
+            file.write(line + "\n")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _seeded(build, seed, *args):
+    """A model built under a fixed seed, leaving the global random state as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(*args)
+
+
+def lr_scale(step: int, *, steps: int, warmup_steps: int, decay_from: float | None) -> float:
+    """The learning rate's factor at a step (1-based): linear warmup, then constant; with `decay_from` (a
+    fraction of `steps`), a cosine decay to 0 from that point to the last step (warmup-stable-decay)."""
+    scale = min(1.0, step / max(warmup_steps, 1))
+    if decay_from is not None and step > decay_from * steps:
+        start = decay_from * steps
+        scale *= 0.5 * (1.0 + math.cos(math.pi * (step - start) / max(steps - start, 1)))
+    return scale
+
+
+def _train(stage, model, ema, *, steps, lrs, warmup_steps, step_loss, ema_decay, seed, output_dir, log,
+           log_every, checkpoint_every, keep_checkpoints, export, decay_from=None):  # fmt: skip
+    """One stage's loop: AdamW (one parameter group per child of a ModuleDict, rates `lrs`), see `lr_scale`.
+
+    Resumes from the stage's latest checkpoint; a stage already at `steps` returns at once.
+    """
+    groups = list(model.values()) if isinstance(model, torch.nn.ModuleDict) else [model]
+    optimizer = torch.optim.AdamW(
+        [{"params": list(m.parameters()), "lr": lr} for m, lr in zip(groups, lrs)], weight_decay=0.01
+    )
+    start = 0
+    latest = _latest_checkpoint(output_dir, stage)
+    if latest is not None:
+        start = _load_checkpoint(latest, model, optimizer, ema)
+        log(f"{stage}: resumed from {latest.name} (step {start})")
+    if start >= steps:
+        if export is not None and start == steps and not (output_dir / "model_index.json").is_file():
+            export()
+        return
+    model.train()
+    losses, tick = [], time.time()
+    log(f"{stage}: training steps {start + 1} to {steps}")
+    for step in range(start + 1, steps + 1):
+        scale = lr_scale(step, steps=steps, warmup_steps=warmup_steps, decay_from=decay_from)
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr * scale
+        loss = step_loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if ema is not None:
+            decay = min(ema_decay, (1.0 + step) / (10.0 + step))
+            with torch.no_grad():
+                for average, current in zip(ema.parameters(), model.parameters()):
+                    average.lerp_(current, 1.0 - decay)
+        losses.append(loss.item())
+        if step % log_every == 0 or step == steps:
+            seconds = (time.time() - tick) / len(losses)
+            log(f"{stage}: step {step}/{steps} loss {np.mean(losses):.4f} {seconds:.2f} s/step")
+            losses, tick = [], time.time()
+        if step % checkpoint_every == 0 or step == steps:
+            path = _save_checkpoint(output_dir, stage, step, model, optimizer, ema)
+            _prune_checkpoints(output_dir, stage, keep_checkpoints)
+            if export is not None:
+                export()
+            log(f"{stage}: checkpoint {path.name}")
+    model.eval()
+
+
+# Checkpoints: one safetensors file per (stage, step), written to a temporary name and moved into place.
+
+
+def _checkpoint_name(stage: str, step: int) -> str:
+    return f"{stage}-{step:07d}.safetensors"
+
+
+def _checkpoints(output_dir: Path, stage: str) -> list[Path]:
+    pattern = re.compile(rf"{stage}-(\d{{7}})\.safetensors")
+    found = [p for p in (output_dir / _CHECKPOINTS).iterdir() if pattern.fullmatch(p.name)]
+    return sorted(found)
+
+
+def _latest_checkpoint(output_dir: Path, stage: str) -> Path | None:
+    found = _checkpoints(output_dir, stage)
+    return found[-1] if found else None
+
+
+def _prune_checkpoints(output_dir: Path, stage: str, keep: int) -> None:
+    if keep:
+        for path in _checkpoints(output_dir, stage)[:-keep]:
+            path.unlink()
+
+
+def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(output_dir, stage, step, model, optimizer, ema) -> Path:
+    """Model, optimizer moments and EMA as flat tensors (no pickle): model.*, ema.*, adam.{i}.*."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
+    path = output_dir / _CHECKPOINTS / _checkpoint_name(stage, step)
+    _atomic_save(tensors, path, {"stage": stage, "step": str(step)})
+    return path
+
+
+def _load_checkpoint(path, model, optimizer, ema) -> int:
+    """Restore what `_save_checkpoint` wrote; returns the step it was taken at."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as file:
+        step = int(file.metadata()["step"])
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state = optimizer.state_dict()
+    moments = {}
+    for key, value in tensors.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            moments.setdefault(int(index), {})[name] = value
+    state["state"] = moments
+    optimizer.load_state_dict(state)
+    return step
+
+
+def _export(output_dir, vae, text_encoder, tokenizer, unet, scheduler) -> None:
+    """Write the pipeline folder (model_index.json and components), each file moved into place atomically."""
+    import shutil
+
+    from diffusers import TextToVideoSDPipeline
+
+    tmp = output_dir / ".export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe = TextToVideoSDPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+    )
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    write_tokenizer_files(tmp / "tokenizer")  # the slow tokenizer's files too, for older transformers
+    for path in sorted(tmp.rglob("*")):
+        if path.is_file():
+            target = output_dir / path.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Data: frames for the VAE, the clip pool for the denoiser, caption token ids.
+
+
+def _world_combos() -> list[tuple[str, str, str, str]]:
+    """Every (shape, color, motion, background) the base is pretrained on: valid pairs only, no held-out names."""
+    return [
+        (shape, color, motion, background)
+        for shape, motion in valid_pairs(SHAPES, PRETRAIN_MOTIONS)
+        for color in COLORS
+        for background in BACKGROUNDS
+    ]
+
+
+def _to_unit(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (n, h, w, 3) -> float (n, 3, h, w) in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _frame_batch(seed: int, step: int, size: int) -> torch.Tensor:
+    """`size` single frames of pretraining shapes and colours at random poses: (size, 3, 32, 32) in [-1, 1].
+
+    Poses cover what the pretraining motions reach: centres within the middle half of the canvas (and a
+    little more), sizes from half to twice the default, any angle.
+    """
+    rng = np.random.default_rng([seed, step, 7])
+    frames = []
+    for _ in range(size):
+        pose = (*rng.uniform(0.22, 0.78, size=2), float(np.exp(rng.uniform(-0.8, 0.8))), rng.uniform(0, 360))
+        clip = render(
+            SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))], lambda u: pose,
+            background=BACKGROUNDS[rng.integers(len(BACKGROUNDS))], num_frames=2,
+        )  # fmt: skip
+        frames.append(clip[0])
+    return _to_unit(np.stack(frames))
+
+
+def _vae_loss(vae, frames: torch.Tensor) -> torch.Tensor:
+    posterior = vae.encode(frames).latent_dist
+    reconstruction = vae.decode(posterior.mean).sample  # a plain autoencoder: the pool is encoded by its means
+    return F.mse_loss(reconstruction, frames) + 1e-6 * posterior.kl().mean()
+
+
+def _latent_pool(vae, seed, pool_size, output_dir, log):
+    """Render and encode `pool_size` clips, cycling through the combos (cached in latents.safetensors).
+
+    Returns ((n, 4, frames, 8, 8) unscaled latent means, the combo of each clip).
+    """
+    from safetensors.torch import load_file
+
+    combos = _world_combos()
+    pool = [combos[i % len(combos)] for i in range(pool_size)]
+    path = output_dir / _LATENTS
+    if path.is_file():
+        latents = load_file(str(path))["latents"]
+        if len(latents) == len(pool):
+            return latents, pool
+    tick = time.time()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(pool), 32):
+            clips = [
+                render(s, c, m, seed=seed * 100_000 + start + i, background=b)
+                for i, (s, c, m, b) in enumerate(pool[start : start + 32])
+            ]
+            frames = _to_unit(np.concatenate(clips))  # (clips * frames, 3, h, w)
+            z = vae.encode(frames).latent_dist.mean  # (clips * frames, 4, 8, 8)
+            z = z.reshape(len(clips), -1, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # -> (clips, 4, frames, 8, 8)
+            chunks.append(z)
+    latents = torch.cat(chunks)
+    _atomic_save({"latents": latents}, path)
+    log(f"pool: {len(pool)} clips encoded in {_clock(time.time() - tick)}")
+    return latents, pool
+
+
+def _caption_ids(tokenizer, combos) -> torch.Tensor:
+    """Token ids of each clip's caption, its caption without colour, and "": (n, 3, MAX_TOKENS)."""
+    def encode(texts):
+        return tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids  # fmt: skip
+
+    full = encode([caption(s, c, m) for s, c, m, _ in combos])
+    plain = encode([caption(s, None, m) for s, _, m, _ in combos])
+    empty = encode([""] * len(combos))
+    return torch.stack([full, plain, empty], dim=1)
+
+
+def sample_clips(pipe, prompts, *, seed: int = 0, num_inference_steps: int = 25, guidance_scale: float = 3.0,
+                 batch_size: int = 16) -> list[np.ndarray]:  # fmt: skip
+    """Generate one clip per prompt with the base (or an adapted) pipeline: uint8 arrays (8, 32, 32, 3).
+
+    Clip i uses its own generator seeded `seed + i`, so a clip does not depend on the batch it falls in (up to
+    floating-point rounding).
+    """
+    from motion_adapter.toyworld.world import NUM_FRAMES, SIZE
+
+    clips = []
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts[start : start + batch_size])
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(batch))]
+        frames = pipe(
+            batch, num_frames=NUM_FRAMES, height=SIZE, width=SIZE, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, generator=generators, output_type="np",
+        ).frames  # fmt: skip
+        clips.extend((np.clip(np.asarray(f), 0.0, 1.0) * 255).round().astype(np.uint8) for f in frames)
+    return clips
+
+
+def quality_prompts(count: int = 64, *, seed: int = 0) -> list[str]:
+    """`count` prompts spread over shapes x colours x pretraining motions (valid pairs), for measuring a base."""
+    rng = np.random.default_rng(seed)
+    pairs = valid_pairs(SHAPES, PRETRAIN_MOTIONS)
+    order = rng.permutation(len(pairs) * len(COLORS))
+    picks = [(pairs[i // len(COLORS)], COLORS[i % len(COLORS)]) for i in order]
+    while len(picks) < count:
+        picks += picks
+    return [caption(shape, color, motion) for (shape, motion), color in picks[:count]]
+
+
+def measure_quality(pipe, *, count: int = 64, seed: int = 0, num_inference_steps: int = 25,
+                    guidance_scale: float = 3.0) -> dict:  # fmt: skip
+    """Generate `count` clips over the pretraining world and score them with `toyworld.evaluate`.
+
+    Returns {"motion", "color", "shape", "num_clips", "num_inference_steps", "guidance_scale"}.
+    """
+    from motion_adapter.toyworld.evaluate import evaluate
+
+    prompts = quality_prompts(count, seed=seed)
+    clips = sample_clips(pipe, prompts, seed=seed, num_inference_steps=num_inference_steps,
+                         guidance_scale=guidance_scale)  # fmt: skip
+    report = evaluate(clips, prompts)
+    return {
+        "motion": report.motion_accuracy,
+        "color": float(np.mean([c.color_ok for c in report.clips])),
+        "shape": float(np.mean([c.shape_ok for c in report.clips])),
+        "num_clips": len(clips),
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "scheduler": type(pipe.scheduler).__name__,
+    }
+
+
+__all__ = ["measure_quality", "pretrain", "quality_prompts", "sample_clips"]

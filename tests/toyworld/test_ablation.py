@@ -1,0 +1,101 @@
+"""The ablation's machinery: the grid as data, and a two-variant grid of a few steps on the shipped base."""
+
+import functools
+import json
+import math
+
+import pytest
+from PIL import Image
+from tqdm import tqdm
+
+from motion_adapter.cli import _ablate, build_parser
+from motion_adapter.toyworld import ablation
+from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
+from motion_adapter.toyworld.model import WEIGHTS_DIR
+from motion_adapter.toyworld.world import parse_caption
+
+needs_weights = pytest.mark.skipif(
+    not (WEIGHTS_DIR / "model_index.json").is_file(),
+    reason=f"the shipped tiny-world weights are not in {WEIGHTS_DIR} yet",
+)
+
+
+def _changes(variant: ablation.Variant) -> int:
+    """How many things a variant changes from the default recipe."""
+    other_data = (variant.regularization != "real") + (variant.examples != ablation.DEFAULT_EXAMPLES)
+    return len(variant.overrides) + other_data + (variant.compressed_of is not None)
+
+
+def test_the_grid_changes_one_factor_at_a_time():
+    for variant in ablation.GRID:
+        if variant.name == "default":
+            assert _changes(variant) == 0
+        elif variant.name != "full":  # a full delta also writes its compression, which full-r16 scores
+            assert _changes(variant) == 1, variant.name
+    for factor in ablation.FACTORS:
+        assert any(v.name == "default" and v.factor == factor for v in ablation.GRID), factor
+
+
+def test_select_grid_keeps_the_default_row_of_each_chosen_factor():
+    rows = ablation.select_grid(["temporal", "uniform"])
+    assert [(v.factor, v.name) for v in rows] == [
+        ("parameters", "temporal"), ("parameters", "default"), ("timesteps", "uniform"), ("timesteps", "default"),
+    ]  # fmt: skip
+    assert [v.name for v in ablation.select_grid(["default"])] == ["default"]
+    with pytest.raises(ValueError, match="unknown variants"):
+        ablation.select_grid(["rank-5"])
+    with pytest.raises(ValueError, match="select full too"):
+        ablation.select_grid(["full-r16"])
+
+
+def test_new_appearance_prompts_never_ask_for_an_example_appearance():
+    prompts = ablation.new_appearance_prompts(16)
+    assert len(set(prompts)) == 16
+    for prompt in prompts:
+        shape, color, motion = parse_caption(prompt, {"pll": "zigzag"})
+        assert (shape, color) not in EXAMPLE_APPEARANCES and motion == "zigzag"
+
+
+def test_the_command_line_calls_the_ablation():
+    args = build_parser().parse_args(["toyworld", "ablate", "--quick", "--out", "x"])
+    assert args.run is _ablate and args.quick and args.out == "x"
+
+
+def test_jobs_give_the_same_results_in_worker_processes(tmp_path):
+    jobs = [functools.partial(math.comb, n, 2) for n in range(2, 7)]
+    with ablation._pool(1, tmp_path) as here, ablation._pool(2, tmp_path / "logs") as pool:
+        assert here is None
+        assert ablation._map(pool, jobs, tqdm(disable=True)) == ablation._map(here, jobs, tqdm(disable=True))
+    assert list((tmp_path / "logs").glob("worker-*.log"))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation")
+    run = ablation.run_ablation(out, variants=["temporal"], motions=["zigzag"], seeds=[0], steps=2,
+                                prompts_per_run=2, prior_prompts=2, workers=1)  # fmt: skip
+    return out, run
+
+
+@needs_weights
+def test_every_output_is_written_and_parses(results):
+    out, run = results
+    saved = json.loads((out / "runs.json").read_text())
+    assert saved["summary"] == run["summary"]
+    assert {r["variant"] for r in saved["runs"]} == {"default", "temporal"}
+    for record in saved["runs"]:
+        assert 0.0 <= record["motion_accuracy"] <= 1.0 and record["adapter_bytes"] > 0 and record["train_seconds"] > 0
+        assert len(record["clips"]) == 2 * ablation.SAMPLES_PER_PROMPT
+    assert set(saved["composition"]["methods"]) == {"separate, composed", "separate, per-group weights", "joint"}
+    with Image.open(out / "plot.png") as image:
+        image.verify()
+
+
+@needs_weights
+def test_the_table_has_a_row_per_variant(results):
+    out, run = results
+    table = (out / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| parameters |")]
+    assert len(rows) == 2
+    assert any("temporal layers" in row for row in rows) and any("(paper)" in row for row in rows)
+    assert table.count("| separate, ") == 2 and "| joint |" in table

@@ -1,0 +1,125 @@
+"""The tiny world's base model: its tokenizer, the shipped weights, and the pretraining function."""
+
+import random
+import string
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from motion_adapter import toyworld
+from motion_adapter.toyworld import model
+
+pretrain_module = sys.modules["motion_adapter.toyworld.pretrain"]  # `toyworld.pretrain` is the function
+
+
+@pytest.fixture(scope="module")
+def base():
+    return toyworld.load_pipeline()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return model.build_tokenizer()
+
+
+def _pieces(tokenizer, text):
+    return tokenizer.convert_ids_to_tokens(tokenizer(text).input_ids)[1:-1]  # without <|startoftext|>, <|endoftext|>
+
+
+def test_every_world_word_is_one_token(tokenizer):
+    for word in model.WORLD_WORDS:
+        assert _pieces(tokenizer, word) == [word + "</w>"], word
+    prompt = toyworld.caption("triangle", "magenta", "rotate_ccw")
+    assert _pieces(tokenizer, prompt) == [word + "</w>" for word in prompt.split()]
+
+
+def test_a_new_token_is_distinct_from_every_world_word(tokenizer):
+    assert _pieces(tokenizer, "pll") == ["p", "l", "l</w>"]
+    world = {piece for word in model.WORLD_WORDS for piece in _pieces(tokenizer, word)}
+    assert not set(_pieces(tokenizer, "pll")) & world
+    ids = tokenizer(toyworld.caption("circle", "red", token="pll")).input_ids
+    assert len(ids) <= tokenizer.model_max_length
+
+
+def test_any_lowercase_ascii_text_encodes_without_unknown_tokens(tokenizer):
+    rng = random.Random(0)
+    alphabet = string.ascii_lowercase + string.digits + string.punctuation + "  "
+    for _ in range(200):
+        text = " ".join("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))).split())
+        ids = tokenizer(text).input_ids
+        assert tokenizer.eos_token_id not in ids[1:-1] and tokenizer.unk_token_id not in ids[1:-1], text
+        assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == text.replace(" ", "")
+
+
+def test_the_shipped_base_is_a_stock_pipeline_in_eval_mode(base):
+    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    assert type(base) is TextToVideoSDPipeline
+    assert type(base.unet) is UNet3DConditionModel and type(base.vae) is AutoencoderKL
+    assert type(base.text_encoder) is CLIPTextModel and isinstance(base.tokenizer, CLIPTokenizer)
+    assert type(base.scheduler) is DDIMScheduler
+    assert base.scheduler.config.prediction_type == "v_prediction"
+    assert not any(m.training for m in (base.unet, base.vae, base.text_encoder))
+    assert not getattr(base, "_progress_bar_config", {})  # left to the caller
+    assert base.vae.config.block_out_channels and 2 ** (len(base.vae.config.block_out_channels) - 1) == 4
+    # the shipped tokenizer is the one the package builds
+    assert base.tokenizer.get_vocab() == model.build_tokenizer().get_vocab()
+
+
+def test_the_shipped_weights_are_small_safetensors_only():
+    files = [p for p in model.WEIGHTS_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 20 * 2**20
+    assert {p.suffix for p in files} <= {".safetensors", ".json", ".txt", ".md"}
+    assert any(p.suffix == ".safetensors" for p in files)
+
+
+def test_the_shipped_base_generates_a_clip_of_the_world(base):
+    prompts = ["a red circle moving left", "a blue square doing the pll"]
+    clips = toyworld.sample_clips(base, prompts, num_inference_steps=2)
+    assert [c.shape for c in clips] == [(toyworld.NUM_FRAMES, toyworld.SIZE, toyworld.SIZE, 3)] * 2
+    assert all(c.dtype == np.uint8 for c in clips)
+    again = toyworld.sample_clips(base, prompts[:1], num_inference_steps=2)
+    # seeded per clip, whatever the batch (up to rounding: batched kernels may sum in another order)
+    assert np.abs(again[0].astype(int) - clips[0]).max() <= 2
+
+
+def test_pretraining_sees_only_the_pretraining_world():
+    combos = pretrain_module._world_combos()
+    assert {m for _, _, m, _ in combos} == set(toyworld.PRETRAIN_MOTIONS)
+    assert {s for s, _, _, _ in combos} == set(toyworld.SHAPES)
+    assert not {(s, m) for s, _, m, _ in combos} - set(toyworld.valid_pairs())
+    assert len(set(combos)) == len(toyworld.valid_pairs()) * len(toyworld.COLORS) * len(toyworld.BACKGROUNDS)
+
+
+_TINY_RUN = dict(vae_steps=2, batch_size=2, vae_batch_size=2, pool_size=4, log_every=1, checkpoint_every=2)
+
+
+def test_pretrain_checkpoints_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    torch.manual_seed(123)  # pretraining must not depend on the global random state
+    straight = toyworld.pretrain(tmp_path / "straight", steps=3, **_TINY_RUN)
+    interrupted = tmp_path / "interrupted"
+    toyworld.pretrain(interrupted, steps=2, **_TINY_RUN)
+    checkpoints = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
+    assert checkpoints == ["unet-0000002.safetensors", "vae-0000002.safetensors"]
+    assert not list(interrupted.rglob("*.tmp"))
+    toyworld.pretrain(interrupted, steps=3, **_TINY_RUN)
+    log = (interrupted / "log.txt").read_text()
+    assert "vae: resumed from vae-0000002" in log and "unet: resumed from unet-0000002" in log
+
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    a, b = load_file(straight / weights), load_file(interrupted / weights)
+    assert a.keys() == b.keys()
+    for key in a:  # the same steps, up to floating-point rounding (kernels may sum in another order)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    pipe = toyworld.load_pipeline(interrupted)
+    assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' spread
+    assert pipe.tokenizer.get_vocab() == model.build_tokenizer().get_vocab()
+
+
+def test_load_pipeline_explains_a_folder_without_a_pipeline(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        toyworld.load_pipeline(tmp_path)
