@@ -25,12 +25,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="new-appearance prompts per run")
     parser.add_argument("--prior-prompts", type=int, default=None, help="pretraining prompts for prior preservation")
     parser.add_argument("--no-composition", action="store_true", help="skip the subject + motion composition")
+    parser.add_argument("--workers", type=int, default=None, help="processes side by side (default: one per core)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # tiny models gain nothing from threads on a busy 2-core machine
     results = run_ablation(
         args.out, quick=args.quick, motions=args.motions, seeds=args.seeds, variants=args.variants, steps=args.steps,
         prompts_per_run=args.prompts, prior_prompts=args.prior_prompts, composition=not args.no_composition,
+        workers=args.workers,
         pipe_factory=functools.partial(load_pipeline, args.base) if args.base else None,
     )  # fmt: skip
     print(format_table(results))

@@ -1,5 +1,6 @@
 """The embedded default world: tiny clips of shapes in motion, their captions, and their analytic evaluator."""
 
+from motion_adapter.toyworld.ablation import run_ablation
 from motion_adapter.toyworld.demo import run_demo, train_config
 from motion_adapter.toyworld.evaluate import (
     ClipResult,
@@ -52,6 +53,7 @@ __all__ = [
     "pretrain",
     "prior_preservation",
     "render",
+    "run_ablation",
     "run_demo",
     "sample_clips",
     "trajectory",

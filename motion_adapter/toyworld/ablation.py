@@ -24,7 +24,7 @@ trained variants x 5 motions x 2 seeds, and 8 more for the learning-rate sweeps)
 adapters and 2 composition studies (about 150 s each): about 10,400 s of work for one core, so about 90
 minutes with two workers (one per core; their speed side by side on an idle machine was not measured, hence
 100 training steps where 2 hours would hold about 170; the demo trains 300). `QUICK`, five variants on one
-motion and seed plus one composition study, took 421 s with one worker.
+motion and seed plus one composition study, took 360 to 420 s with one worker (six to seven minutes).
 """
 
 import dataclasses
@@ -60,7 +60,7 @@ from .demo import (
     INFERENCE_STEPS,
     NEW_APPEARANCES,
     TOKEN,
-    _write_metadata,
+    write_metadata,
     train_config,
     write_examples,
     write_regularization,
@@ -514,7 +514,7 @@ def _write_subject_images(folder: Path, *, seed: int) -> Path:
         name = f"{SUBJECT_SHAPE}-{i}.png"
         _write_bytes(folder / name, _png(Image.fromarray(frame)))
         entries.append({"file_name": name, "text": f"a {color} {SUBJECT_TOKEN}"})
-    _write_metadata(folder, entries)
+    write_metadata(folder, entries)
     return folder
 
 

@@ -8,18 +8,17 @@ the base model, scores both with the analytic evaluator, and writes everything a
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..pipeline import disable_motion_adapters, enable_motion_adapters, generate
+from ..pipeline import disable_motion_adapters, enable_motion_adapters, fuse_motion_adapters, unfuse_motion_adapters
 from ..training.config import TrainConfig
 from ..training.loop import train_motion
 from ..video import save_grid, write_video
 from .evaluate import evaluate
 from .model import load_pipeline
+from .pretrain import sample_clips
 from .world import HELD_OUT_MOTIONS, NUM_FRAMES, SIZE, caption, render, valid_pairs
 
 TOKEN = "pll"
@@ -60,7 +59,7 @@ def write_examples(folder: Path, motion: str, *, seed: int = 0, per_appearance: 
             name = f"{shape}-{color}-{k}.gif"
             write_video(folder / name, render(shape, color, motion, seed=seed * 100 + a * 10 + k), fps=8)
             entries.append({"file_name": name, "text": caption(shape, color, token=TOKEN)})
-    _write_metadata(folder, entries)
+    write_metadata(folder, entries)
     return list(EXAMPLE_APPEARANCES)
 
 
@@ -75,10 +74,11 @@ def write_regularization(folder: Path, *, seed: int = 0, count: int = 12) -> Non
         name = f"reg-{len(entries)}-{shape}-{motion}.gif"
         write_video(folder / name, render(shape, color, motion, seed=seed * 100 + len(entries)), fps=8)
         entries.append({"file_name": name, "text": caption(shape, color, motion)})
-    _write_metadata(folder, entries)
+    write_metadata(folder, entries)
 
 
-def _write_metadata(folder: Path, entries: list[dict]) -> None:
+def write_metadata(folder: Path, entries: list[dict]) -> None:
+    """The captions of a folder of clips, in the metadata.jsonl form the training data reader takes."""
     (folder / "metadata.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
 
 
@@ -108,12 +108,12 @@ def run_demo(
                           reg_data=out / "regularization", config=config)  # fmt: skip
     prompts = [caption(shape, color, token=TOKEN) for shape, color in NEW_APPEARANCES]
     prompts = [p for p in prompts for _ in range(prompts_per_appearance)]
-    seeds = [seed * 1000 + i for i in range(len(prompts))]
-    customized = generate_clips(pipe, prompts, seeds, desc="generating with the adapter")
+    sampling = dict(seed=seed * 1000, num_inference_steps=INFERENCE_STEPS, guidance_scale=GUIDANCE)
+    fuse_motion_adapters(pipe)  # a fused adapter samples at the base's speed
+    customized = sample_clips(pipe, prompts, **sampling)
+    unfuse_motion_adapters(pipe)
     disable_motion_adapters(pipe)
-    with warnings.catch_warnings():  # the base is asked for "pll" on purpose: it has never heard of it
-        warnings.filterwarnings("ignore", message="the prompt uses")
-        base = generate_clips(pipe, prompts, seeds, desc="generating with the base")
+    base = sample_clips(pipe, prompts, **sampling)
     enable_motion_adapters(pipe)
 
     tokens = {TOKEN: motion}
@@ -141,17 +141,6 @@ def run_demo(
     }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
-
-
-def generate_clips(pipe, prompts: list[str], seeds: list[int], *, desc: str = "generating") -> list[np.ndarray]:
-    """uint8 clips (frames, h, w, 3), one per prompt and seed, with the world's inference settings."""
-    clips = []
-    pipe.set_progress_bar_config(disable=True)  # one bar over the clips instead of one per clip
-    for prompt, seed in tqdm(list(zip(prompts, seeds)), desc=desc, unit="clip"):
-        frames = generate(pipe, prompt, num_frames=NUM_FRAMES, height=SIZE, width=SIZE,
-                          num_inference_steps=INFERENCE_STEPS, guidance_scale=GUIDANCE, seed=seed)  # fmt: skip
-        clips.append(np.clip(np.rint(frames * 255), 0, 255).astype(np.uint8))
-    return clips
 
 
 def _comparison(out: Path, prompts, base, customized, motion: str) -> None:
