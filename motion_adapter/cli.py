@@ -84,7 +84,11 @@ def _push(args) -> int:
 
 
 def _demo(args) -> int:
+    import torch
+
     from .toyworld.demo import format_table, run_demo, train_config
+
+    torch.set_num_threads(1)  # the tiny world's models gain nothing from threads, and lose much on a busy machine
 
     config = train_config(seed=args.seed, **({"max_train_steps": args.steps} if args.steps else {}))
     metrics = run_demo(args.out, motion=args.motion, seed=args.seed, config=config)
