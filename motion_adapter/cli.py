@@ -115,13 +115,13 @@ def _ablate(args) -> int:
 
 
 def _pretrain_options() -> dict:
-    """pretrain()'s keyword options and their defaults: each becomes a flag of `toyworld pretrain`."""
+    """pretrain()'s keyword options, (default, type) each: each becomes a flag of `toyworld pretrain`."""
     import inspect
 
     from .toyworld.pretrain import pretrain
 
     return {
-        name: parameter.default
+        name: (parameter.default, _plain_type(parameter.annotation))
         for name, parameter in inspect.signature(pretrain).parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY
     }
@@ -247,8 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     world_commands = world.add_subparsers(dest="toyworld_command", required=True)
     pretrain = world_commands.add_parser("pretrain", help="reproduce the shipped base model's weights")
     pretrain.add_argument("--out", required=True, help="output folder (a pipeline folder, checkpoints, log)")
-    for name, default in _pretrain_options().items():
-        kind = type(default)
+    for name, (default, kind) in _pretrain_options().items():
         if kind is bool:
             pretrain.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
                                   default=None, help=f"(default: {default})")  # fmt: skip

@@ -1,4 +1,6 @@
 import dataclasses
+import functools
+import importlib
 import json
 import subprocess
 import sys
@@ -84,3 +86,13 @@ def test_push_command_wraps_push_to_hub(adapter_dir, monkeypatch, capsys):
     assert main(["push", str(adapter_dir), "user/pll", "--private", "--revision", "v1", "--token", "hf_x"]) == 0
     assert calls["repo"] == "user/pll" and calls["private"] is True and calls["revision"] == "v1"
     assert "hf_x" not in capsys.readouterr().out
+
+
+def test_pretrain_flags_follow_the_function(monkeypatch, tmp_path):
+    calls = {}
+    module = importlib.import_module("motion_adapter.toyworld.pretrain")  # the package exports a function by that name
+    fake = functools.wraps(module.pretrain)(lambda out, **kw: calls.update(kw) or out)  # keeps the signature
+    monkeypatch.setattr(module, "pretrain", fake)
+    assert main(["toyworld", "pretrain", "--out", str(tmp_path), "--steps", "5", "--token-init-std", "1.0",
+                 "--no-resume"]) == 0  # fmt: skip
+    assert calls == {"steps": 5, "token_init_std": 1.0, "resume": False}
