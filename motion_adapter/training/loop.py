@@ -192,7 +192,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
         embedding.requires_grad_(True)
         mask = torch.zeros(embedding.shape[0], 1, device=embedding.device)
         mask[learned_ids] = 1.0
-        embedding.register_hook(lambda grad: grad * mask)  # only the new rows learn
+        mask_handle = embedding.register_hook(lambda grad: grad * mask)  # only the new rows learn
     if config.gradient_checkpointing:
         _enable_checkpointing(unet)
 
@@ -290,6 +290,8 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
         _disable_checkpointing(unet)
     for param in all_params:
         param.requires_grad_(False)
+    if embedding is not None:
+        mask_handle.remove()
     summary = {
         "steps": step, "learning_rate": config.lr, "tuning": config.tuning, "timestep_sampling": config.timestep_sampling,
         "reg_weight": config.reg_weight if reg is not None else 0.0, "num_clips": sum(len(t.store) for t in targets),
