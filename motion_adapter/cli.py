@@ -163,16 +163,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training settings (TrainConfig; also readable from --config FILE.toml)")
     group.add_argument("--config", default=None, help="a TOML file of TrainConfig fields (flags override it)")
     for item in dataclasses.fields(TrainConfig):
-        flag = "--" + item.name.replace("_", "-")
-        kind = _plain_type(item.type)
-        default = item.default
-        help_text = f"{item.metadata['help']} (default: {default})"
-        if kind is bool:
-            group.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif kind is list:
-            group.add_argument(flag, dest=item.name, nargs="+", default=None, help=help_text)
-        else:
-            group.add_argument(flag, dest=item.name, type=kind, default=None, help=help_text)
+        _add_typed_flag(group, item.name, _plain_type(item.type), f"{item.metadata['help']} (default: {item.default})")
+
+
+def _add_typed_flag(parser, name: str, kind: type, help_text: str) -> None:
+    """`--name-with-dashes` for a bool (with --no-), a list or a plain value; unset leaves None, so defaults apply."""
+    flag = "--" + name.replace("_", "-")
+    if kind is bool:
+        parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    elif kind is list:
+        parser.add_argument(flag, dest=name, nargs="+", default=None, help=help_text)
+    else:
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
 
 
 def _plain_type(annotation):
@@ -248,12 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = world_commands.add_parser("pretrain", help="reproduce the shipped base model's weights")
     pretrain.add_argument("--out", required=True, help="output folder (a pipeline folder, checkpoints, log)")
     for name, (default, kind) in _pretrain_options().items():
-        if kind is bool:
-            pretrain.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
-                                  default=None, help=f"(default: {default})")  # fmt: skip
-        else:
-            pretrain.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                                  help=f"(default: {default})")  # fmt: skip
+        _add_typed_flag(pretrain, name, kind, f"(default: {default})")
     pretrain.set_defaults(run=_pretrain)
     ablate = world_commands.add_parser("ablate", help="the paper's ablation grid: runs.json, table.md, plot.png")
     ablate.add_argument("--out", default="motion-adapter-ablation", help="output folder")
