@@ -2,7 +2,9 @@
 
 For the `motion` preset at ranks 8/16/32: the fp16 file size; and the time `load_motion_adapter` takes against
 the time safetensors alone takes to read the same file (goal: at most 2x), both from a warm page cache, medians
-of interleaved repeats. Also: ten adapters loaded one after another, the tenth load's time against the first's.
+of interleaved repeats. The "peft wrappers" column times the part of loading that builds peft's LoRA layer
+objects around the 324 modules (`adapter.inject` on the meta device, no file): a floor for any loader that keeps
+peft's layers. Also: ten adapters loaded one after another, the tenth load's time against the first's.
 
     python benchmarks/adapter_files.py [--repeats 5]
 """
@@ -18,6 +20,7 @@ from diffusers import UNet3DConditionModel
 from safetensors.torch import load_file
 
 import motion_adapter as ma
+from motion_adapter import adapter
 from motion_adapter.testing import randomize_adapter
 
 
@@ -44,22 +47,26 @@ def main(argv=None):
     unet = full_size_unet()
     folder = Path(tempfile.mkdtemp())
     print(f"UNet3DConditionModel(): {sum(p.numel() for p in unet.parameters()) / 1e6:.0f} M parameters, fp16\n")
-    print("| rank | modules | LoRA params | file (fp16) | safetensors read | load_motion_adapter | ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| rank | modules | LoRA params | file (fp16) | safetensors read | peft wrappers | load_motion_adapter | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rank in args.ranks:
         spec = ma.add_motion_adapter(unet, "bench", rank=rank, alpha=rank, token="pll", trainable=False)
         randomize_adapter(unet, "bench")
         path = ma.save_motion_adapter(unet, "bench", folder / f"rank{rank}") / "pytorch_lora_weights.safetensors"
         ma.unload_motion_adapters(unet)
-        read_times, load_times = [], []
-        for _ in range(args.repeats):  # interleaved, so both see the same machine
+        ranks, alphas = dict.fromkeys(spec.module_names, rank), dict.fromkeys(spec.module_names, float(rank))
+        read_times, wrap_times, load_times = [], [], []
+        for _ in range(args.repeats):  # interleaved, so all see the same machine
             read_times.append(timed(lambda: load_file(path)))
+            wrap_times.append(timed(lambda: adapter.inject(unet, "bench", ranks, alphas, empty=True)))
+            adapter.remove_all(unet)
             load_times.append(timed(lambda: ma.load_motion_adapter(unet, path.parent, adapter_name="bench")))
             ma.unload_motion_adapters(unet)
         read, load = statistics.median(read_times), statistics.median(load_times)
+        wrap = statistics.median(wrap_times)
         params = ma.inspect(path.parent).num_params
         print(f"| {rank} | {len(spec.module_names)} | {params / 1e6:.2f} M | {path.stat().st_size / 1e6:.1f} MB "
-              f"| {read * 1e3:.0f} ms | {load * 1e3:.0f} ms | {load / read:.2f}x |")
+              f"| {read * 1e3:.0f} ms | {wrap * 1e3:.0f} ms | {load * 1e3:.0f} ms | {load / read:.2f}x |")
 
     print("\nTen rank-16 adapters (tokens a0..a9) loaded one after another (each load's time, ms):")
     sources = []
