@@ -31,9 +31,9 @@ def full_size_unet() -> torch.nn.Module:
     return unet.to_empty(device="cpu").half().eval()
 
 
-def timed(function) -> float:
+def timed(function, *args, **kwargs) -> float:
     start = time.perf_counter()
-    function()
+    function(*args, **kwargs)
     return time.perf_counter() - start
 
 
@@ -57,10 +57,10 @@ def main(argv=None):
         ranks, alphas = dict.fromkeys(spec.module_names, rank), dict.fromkeys(spec.module_names, float(rank))
         read_times, wrap_times, load_times = [], [], []
         for _ in range(args.repeats):  # interleaved, so all see the same machine
-            read_times.append(timed(lambda: load_file(path)))
-            wrap_times.append(timed(lambda: adapter.inject(unet, "bench", ranks, alphas, empty=True)))
+            read_times.append(timed(load_file, path))
+            wrap_times.append(timed(adapter.inject, unet, "bench", ranks, alphas, empty=True))
             adapter.remove_all(unet)
-            load_times.append(timed(lambda: ma.load_motion_adapter(unet, path.parent, adapter_name="bench")))
+            load_times.append(timed(ma.load_motion_adapter, unet, path.parent, adapter_name="bench"))
             ma.unload_motion_adapters(unet)
         read, load = statistics.median(read_times), statistics.median(load_times)
         wrap = statistics.median(wrap_times)
@@ -74,7 +74,7 @@ def main(argv=None):
         ma.add_motion_adapter(unet, f"a{i}", rank=16, alpha=16, token=f"a{i}", trainable=False)
         sources.append(ma.save_motion_adapter(unet, f"a{i}", folder / f"a{i}"))
         ma.unload_motion_adapters(unet)
-    times = [timed(lambda source=source: ma.load_motion_adapter(unet, source)) for source in sources]
+    times = [timed(ma.load_motion_adapter, unet, source) for source in sources]
     ma.unload_motion_adapters(unet)
     print("  " + ", ".join(f"{t * 1e3:.0f}" for t in times))
     print(f"  tenth / first: {times[-1] / times[0]:.2f}x (goal: at most 1.2x)")
