@@ -55,12 +55,15 @@ from motion_adapter.toyworld.model import (
 from motion_adapter.toyworld.world import (
     BACKGROUNDS,
     COLORS,
+    NUM_FRAMES,
     PRETRAIN_MOTIONS,
     SHAPES,
+    SIZE,
     caption,
     render,
     valid_pairs,
 )
+from motion_adapter.training.timesteps import MODES, sample_timesteps
 
 _CHECKPOINTS = "checkpoints"
 _LATENTS = "latents.safetensors"
@@ -85,6 +88,9 @@ def pretrain(
     color_dropout: float = 0.15,
     ema_decay: float = 0.999,
     token_init_std: float | None = None,
+    frame_order_weight: float = 0.0,
+    temporal_conv_init: str = "identity",
+    timestep_sampling: str = "uniform",
     seed: int = 0,
     resume: bool = True,
     log_every: int = 50,
@@ -105,6 +111,13 @@ def pretrain(
     ema_decay: decay of the exponential moving average whose weights are exported.
     token_init_std: standard deviation of the text encoder's initial word embeddings; None keeps CLIP's own
         init (0.02), with which the shipped weights were made (and with which motion words may stay indistinct).
+    frame_order_weight: weight of the auxiliary loss that teaches the UNet which frame is which (see
+        `_FrameOrder`); 0 leaves it out.
+    temporal_conv_init: "identity" starts each temporal convolution stack as diffusers does (last convolution
+        zeroed, the stack passes its input through); "random" starts it with PyTorch's default init (see
+        `_unet_for_training`).
+    timestep_sampling: how the denoiser's training timesteps are drawn, a mode of
+        `motion_adapter.training.timesteps` ("uniform", "coarse", "fine", "cubic").
     resume: continue from the latest checkpoint in `output_dir/checkpoints` (False: start over there).
     log_every: steps between log lines (log.txt, also printed); checkpoint_every: steps between checkpoints,
         each also exporting the pipeline folder; keep_checkpoints: how many to keep per stage (0: all).
@@ -116,6 +129,10 @@ def pretrain(
                         ("log_every", log_every), ("checkpoint_every", checkpoint_every)):  # fmt: skip
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if temporal_conv_init not in ("identity", "random"):
+        raise ValueError(f"temporal_conv_init must be 'identity' or 'random', got {temporal_conv_init!r}")
+    if timestep_sampling not in MODES:
+        raise ValueError(f"timestep_sampling {timestep_sampling!r} is unknown; choose one of {', '.join(MODES)}")
     if keep_checkpoints < 0:
         raise ValueError(f"keep_checkpoints must be 0 (keep all) or more, got {keep_checkpoints}")
     output_dir = Path(output_dir)
@@ -147,10 +164,11 @@ def pretrain(
 
     # Stage 2: the denoiser, UNet and text encoder together.
     text_encoder = _seeded(_text_encoder_for_training, seed, len(tokenizer), token_init_std)
-    unet = _seeded(build_unet, seed)
+    unet = _seeded(_unet_for_training, seed, temporal_conv_init)
     denoiser = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
     ema = copy.deepcopy(denoiser)  # the exported weights: an exponential moving average of the trained ones
     ema.eval().requires_grad_(False)
+    frame_order = _FrameOrder(unet) if frame_order_weight else None
 
     def step_loss(step):
         generator = torch.Generator().manual_seed(seed * _STEP_SEED + step)
@@ -161,11 +179,12 @@ def pretrain(
         ids = captions[pick, which]  # (b, MAX_TOKENS): full caption, caption without colour, or ""
         clean = latents[pick]  # (b, 4, frames, 8, 8)
         noise = torch.randn(clean.shape, generator=generator)
-        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        t = sample_timesteps(batch_size, scheduler.config.num_train_timesteps, timestep_sampling, generator=generator)
         noisy = scheduler.add_noise(clean, noise, t)
         target = scheduler.get_velocity(clean, noise, t)
         prediction = unet(noisy, t, text_encoder(ids)[0]).sample
-        return F.mse_loss(prediction, target)
+        loss = F.mse_loss(prediction, target)
+        return loss + frame_order_weight * frame_order.loss() if frame_order else loss
 
     def export():
         _export(output_dir, vae, ema["text_encoder"], tokenizer, ema["unet"], scheduler)
@@ -175,6 +194,8 @@ def pretrain(
         step_loss=step_loss, ema_decay=ema_decay, seed=seed, output_dir=output_dir, log=log,
         log_every=log_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, export=export,
     )  # fmt: skip
+    if frame_order:
+        frame_order.remove()
     export()
     log(f"done in {_clock(time.time() - started)} (this call); pipeline in {output_dir}")
     return output_dir
@@ -209,6 +230,51 @@ def _text_encoder_for_training(vocab_size: int, token_init_std: float | None):
     if token_init_std is not None:
         torch.nn.init.normal_(text_encoder.get_input_embeddings().weight, std=token_init_std)
     return text_encoder
+
+
+def _unet_for_training(temporal_conv_init: str):
+    """A fresh UNet; with "random", its temporal convolution stacks start random rather than as the identity.
+
+    diffusers zeroes the last convolution of each stack, so at first no feature depends on a frame's place in
+    the clip; started random, the zero padding at the clip's ends shows in the features from the first step.
+    """
+    from diffusers.models.unets.unet_3d_blocks import TemporalConvLayer
+
+    unet = build_unet()
+    if temporal_conv_init == "random":
+        for module in unet.modules():
+            if isinstance(module, TemporalConvLayer):
+                module.conv4[-1].reset_parameters()
+    return unet
+
+
+class _FrameOrder:
+    """An auxiliary loss that writes each frame's place in the clip into one channel of an early feature.
+
+    UNet3DConditionModel's temporal attention has no position embedding: only the zero padding of its temporal
+    convolutions tells frame 0 from frame 7. Trained on the denoising loss alone, the base learned the axis of
+    a motion from its words ("moving up" is vertical) but not its sense (up or down followed the starting
+    noise). This loss asks channel 0 after the first temporal convolution stack to equal a ramp from -1 (first
+    frame) to 1 (last frame) at every pixel, which the stack learns within a few hundred steps; the layers
+    after it then have the frame order to combine with the prompt. It lives only in pretraining (a forward
+    hook); the exported UNet is the stock class.
+    """
+
+    def __init__(self, unet):
+        self.output = None
+        self.handle = unet.down_blocks[0].temp_convs[0].register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        self.output = output  # (batch * frames, channels, height, width), frames of one clip side by side
+
+    def loss(self) -> torch.Tensor:
+        channel = self.output.reshape(-1, NUM_FRAMES, *self.output.shape[1:])[:, :, 0]
+        self.output = None
+        ramp = torch.linspace(-1.0, 1.0, NUM_FRAMES).view(1, NUM_FRAMES, 1, 1)
+        return F.mse_loss(channel, ramp.expand_as(channel))
+
+    def remove(self) -> None:
+        self.handle.remove()
 
 
 def _seeded(build, seed, *args):
@@ -395,7 +461,7 @@ def _frame_batch(seed: int, step: int, size: int) -> torch.Tensor:
     for _ in range(size):
         pose = (*rng.uniform(0.22, 0.78, size=2), float(np.exp(rng.uniform(-0.8, 0.8))), rng.uniform(0, 360))
         clip = render(
-            SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))], lambda u: pose,
+            SHAPES[rng.integers(len(SHAPES))], COLORS[rng.integers(len(COLORS))], lambda u, pose=pose: pose,
             background=BACKGROUNDS[rng.integers(len(BACKGROUNDS))], num_frames=2,
         )  # fmt: skip
         frames.append(clip[0])
@@ -461,8 +527,6 @@ def sample_clips(pipe, prompts, *, seed: int = 0, num_inference_steps: int = 25,
     Clip i uses its own generator seeded `seed + i`, so a clip does not depend on the batch it falls in (up to
     floating-point rounding).
     """
-    from motion_adapter.toyworld.world import NUM_FRAMES, SIZE
-
     clips = []
     for start in range(0, len(prompts), batch_size):
         batch = list(prompts[start : start + batch_size])

@@ -123,3 +123,43 @@ def test_pretrain_checkpoints_resumes_and_matches_an_uninterrupted_run(tmp_path)
 def test_load_pipeline_explains_a_folder_without_a_pipeline(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         toyworld.load_pipeline(tmp_path)
+
+
+def test_frame_order_loss_asks_for_a_ramp_from_the_first_frame_to_the_last():
+    unet = model.build_unet()
+    frame_order = pretrain_module._FrameOrder(unet)
+    frames = toyworld.NUM_FRAMES
+    ramp = torch.linspace(-1.0, 1.0, frames)
+    feature = torch.randn(2, frames, 32, 8, 8)  # (clips, frames, channels, h, w), as the hooked stack sees them
+    feature[:, :, 0] = ramp.view(1, frames, 1, 1)
+    frame_order._keep(None, None, feature.reshape(2 * frames, 32, 8, 8))
+    assert frame_order.loss().item() == 0.0
+    feature[:, :, 0] = ramp.flip(0).view(1, frames, 1, 1)  # the same frames in reverse order
+    frame_order._keep(None, None, feature.reshape(2 * frames, 32, 8, 8))
+    assert frame_order.loss().item() > 0.5
+
+    unet(torch.randn(1, 4, frames, 8, 8), 10, torch.randn(1, 3, model.TEXT_DIM))
+    assert frame_order.output is not None and frame_order.output.shape[0] == frames  # the hook sees the forward
+    frame_order.remove()
+    frame_order.output = None
+    unet(torch.randn(1, 4, frames, 8, 8), 10, torch.randn(1, 3, model.TEXT_DIM))
+    assert frame_order.output is None
+
+
+def test_temporal_conv_init_identity_is_diffusers_and_random_is_not():
+    def last_convs(unet):
+        return [m.conv4[-1].weight for n, m in unet.named_modules() if n.endswith("temp_convs.0")]
+
+    assert all(w.abs().max() == 0 for w in last_convs(pretrain_module._unet_for_training("identity")))
+    assert all(w.abs().max() > 0 for w in last_convs(pretrain_module._unet_for_training("random")))
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [({"timestep_sampling": "late"}, "timestep_sampling 'late' is unknown"),
+     ({"temporal_conv_init": "zeros"}, "temporal_conv_init must be")],
+)  # fmt: skip
+def test_pretrain_refuses_unknown_options_before_any_work(tmp_path, option, match):
+    with pytest.raises(ValueError, match=match):
+        toyworld.pretrain(tmp_path / "run", steps=1, **_TINY_RUN, **option)
+    assert not (tmp_path / "run").exists()
