@@ -10,7 +10,8 @@ from motion_adapter.toyworld.evaluate import (
     prior_preservation,
 )
 from motion_adapter.toyworld.model import load_pipeline
-from motion_adapter.toyworld.pretrain import measure_quality, pretrain, sample_clips
+from motion_adapter.toyworld.pretrain import pretrain
+from motion_adapter.toyworld.sampling import measure_quality, sample_clips
 from motion_adapter.toyworld.world import (
     BACKGROUNDS,
     COLORS,

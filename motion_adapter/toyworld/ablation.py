@@ -67,7 +67,7 @@ from .demo import (
 )
 from .evaluate import evaluate, prior_preservation
 from .model import load_pipeline
-from .pretrain import quality_prompts, sample_clips
+from .sampling import quality_prompts, sample_clips
 from .world import COLORS, HELD_OUT_MOTIONS, HELD_OUT_SHAPES, SHAPES, caption, parse_caption, render
 
 LORA_RATES = (3e-4, 1e-3, 3e-3)  # around the demo's 1e-3

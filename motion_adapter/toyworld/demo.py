@@ -18,7 +18,7 @@ from ..training.loop import train_motion
 from ..video import save_grid, write_video
 from .evaluate import evaluate
 from .model import load_pipeline
-from .pretrain import sample_clips
+from .sampling import sample_clips
 from .world import HELD_OUT_MOTIONS, NUM_FRAMES, SIZE, caption, render, valid_pairs
 
 TOKEN = "pll"

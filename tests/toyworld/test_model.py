@@ -4,7 +4,6 @@ import random
 import string
 import sys
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -75,16 +74,6 @@ def test_the_shipped_weights_are_small_safetensors_only():
     assert sum(p.stat().st_size for p in files) <= 20 * 2**20
     assert {p.suffix for p in files} <= {".safetensors", ".json", ".txt", ".md"}
     assert any(p.suffix == ".safetensors" for p in files)
-
-
-def test_the_shipped_base_generates_a_clip_of_the_world(base):
-    prompts = ["a red circle moving left", "a blue square doing the pll"]
-    clips = toyworld.sample_clips(base, prompts, num_inference_steps=2)
-    assert [c.shape for c in clips] == [(toyworld.NUM_FRAMES, toyworld.SIZE, toyworld.SIZE, 3)] * 2
-    assert all(c.dtype == np.uint8 for c in clips)
-    again = toyworld.sample_clips(base, prompts[:1], num_inference_steps=2)
-    # seeded per clip, whatever the batch (up to rounding: batched kernels may sum in another order)
-    assert np.abs(again[0].astype(int) - clips[0]).max() <= 2
 
 
 def test_pretraining_sees_only_the_pretraining_world():
