@@ -9,8 +9,8 @@ Two stages, each a plain loop that reads top to bottom, checkpointed atomically 
    clips each) is rendered and encoded once; the UNet3DConditionModel and the CLIPTextModel are trained
    together on it with v-prediction (cosine schedule), cubic timesteps (most of them noisy), an auxiliary
    frame-order loss (`_FrameOrder`), AdamW with a short warmup and then a constant rate, captions from
-   `toyworld.caption`, some captions without their colour and some empty (for classifier-free guidance). The exported weights are an exponential
-   moving average of the trained ones.
+   `toyworld.caption`, some captions without their colour and some empty (for classifier-free guidance).
+   The exported weights are an exponential moving average of the trained ones.
 Held-out motions and held-out shapes are never rendered here.
 
 Every step draws its randomness from (seed, step) alone, so a resumed run takes the same steps as an
@@ -25,8 +25,8 @@ machine is busy), about 18 minutes per 1,000 steps.
 
 Status: the shipped weights are this function's defaults, 4,000 denoiser steps (cubic timesteps, the
 frame-order loss, learning rate 1e-3, unit-scale word embeddings): about 90 minutes on one CPU thread at
-the rates above (15 + 2 + 73). On 64
-clips (`measure_quality()`): motion 61%, colour 100%, shape 23%; below the quality bar (85 / 90 / 80).
+the rates above (15 + 2 + 73). On 64 clips (`measure_quality()`): motion 61%, colour 100%, shape 23%; below
+the quality bar (85 / 90 / 80).
 The earlier recipe (uniform timesteps, rate 5e-4, CLIP's embedding init; `pretrain(out, steps=2000,
 learning_rate=5e-4, token_init_std=None, frame_order_weight=0, temporal_conv_init="identity",
 timestep_sampling="uniform")`) scored motion 9.4%, colour 100%, shape 23%, flat from step 500 to 3,000.

@@ -1,6 +1,6 @@
 """Sampling the tiny world's models: clips for a list of prompts, and a base's quality measured on them.
 
-Used by pretraining (to watch a run), the demo, the ablation and the tests; seeded per clip, so that a clip
+Used to score a pretrained base, by the demo, the ablation and the tests; seeded per clip, so that a clip
 does not depend on the batch it falls in.
 """
 
