@@ -141,16 +141,16 @@ def write_adapter(
     embeddings = {token: row.detach().to("cpu", dtype).contiguous() for token, row in embeddings.items()}
     if path.suffix == ".safetensors":
         tensors.update({EMBEDDING_KEY_PREFIX + token: row for token, row in embeddings.items()})
-        _atomic_save(tensors, path, metadata)
+        atomic_save_tensors(tensors, path, metadata)
         return path
     path.mkdir(parents=True, exist_ok=True)
     if card is not None:
         write_card(path / CARD_NAME, card)
     if embeddings:
-        _atomic_save(embeddings, path / EMBEDDINGS_NAME, {"format": "pt"})
+        atomic_save_tensors(embeddings, path / EMBEDDINGS_NAME, {"format": "pt"})
     elif (path / EMBEDDINGS_NAME).exists():
         (path / EMBEDDINGS_NAME).unlink()  # a stale file from an earlier save would add tokens this adapter lacks
-    _atomic_save(tensors, path / WEIGHTS_NAME, metadata)
+    atomic_save_tensors(tensors, path / WEIGHTS_NAME, metadata)
     return path
 
 
@@ -167,7 +167,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically: nothing, or a complete file, is ever at `path`."""
     with _temporary_sibling(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
 

@@ -34,7 +34,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Sequence
@@ -48,10 +47,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from ..format import read_info
+from ..format import atomic_write_bytes, read_info
 from ..pipeline import fuse_motion_adapters, load_motion_adapter, set_motion_adapters, unfuse_motion_adapters
 from ..targets import resolve_targets
 from ..training.config import TrainConfig
+from ..training.data import read_metadata
 from ..training.loop import train_motion, train_subject
 from ..video import save_grid
 from .demo import (
@@ -215,7 +215,7 @@ def run_ablation(
     results["seconds"] = round(time.perf_counter() - started, 1)
     _write_json(s.out / "runs.json", results)
     _write_text(s.out / "table.md", format_table(results))
-    _write_bytes(s.out / "plot.png", plot(results))
+    atomic_write_bytes(s.out / "plot.png", plot(results))
     return results
 
 
@@ -331,7 +331,8 @@ def _train_and_score(
     if variant.regularization != "none":
         write_regularization(folder / "regularization", seed=seed)
         if variant.regularization == "generated":  # the same captions, clips made by the base itself
-            config = config.replace(reg_source="generated", reg_prompts=_captions(folder / "regularization"))
+            captions = list(read_metadata(folder / "regularization").values())
+            config = config.replace(reg_source="generated", reg_prompts=captions)
         else:
             reg_data = folder / "regularization"
     pipe = _fresh_pipe(s)
@@ -381,20 +382,12 @@ def _examples(folder: Path, motion: str, *, seed: int, count: int) -> tuple[list
     per_appearance = math.ceil(count / len(EXAMPLE_APPEARANCES))
     write_examples(folder, motion, seed=seed, per_appearance=per_appearance)
     by_appearance: dict[tuple[str, str], list[str]] = {}
-    for entry in _metadata(folder):
-        shape, color, _ = parse_caption(entry["text"], {TOKEN: motion})
-        by_appearance.setdefault((shape, color), []).append(entry["file_name"])
+    for file_name, text in read_metadata(folder).items():
+        shape, color, _ = parse_caption(text, {TOKEN: motion})
+        by_appearance.setdefault((shape, color), []).append(file_name)
     order = [(a, names[k]) for k in range(per_appearance) for a, names in by_appearance.items() if k < len(names)]
     chosen = order[:count]
     return [folder / name for _, name in chosen], list(dict.fromkeys(a for a, _ in chosen))
-
-
-def _metadata(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
-
-
-def _captions(folder: Path) -> list[str]:
-    return [entry["text"] for entry in _metadata(folder)]
 
 
 def _fresh_pipe(s: _Settings):
@@ -512,7 +505,7 @@ def _write_subject_images(folder: Path, *, seed: int) -> Path:
         pose = (*rng.uniform(0.4, 0.6, 2), rng.uniform(0.8, 1.2), rng.uniform(0.0, 360.0))
         frame = render(SUBJECT_SHAPE, color, lambda u: pose, seed=seed * 100 + i, num_frames=2)[0]
         name = f"{SUBJECT_SHAPE}-{i}.png"
-        _write_bytes(folder / name, _png(Image.fromarray(frame)))
+        atomic_write_bytes(folder / name, _png(Image.fromarray(frame)))
         entries.append({"file_name": name, "text": f"a {color} {SUBJECT_TOKEN}"})
     write_metadata(folder, entries)
     return folder
@@ -702,21 +695,8 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write a file atomically: a temporary file beside it, moved into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..format import atomic_write_bytes
 from ..pipeline import disable_motion_adapters, enable_motion_adapters, fuse_motion_adapters, unfuse_motion_adapters
 from ..training.config import TrainConfig
+from ..training.data import METADATA_FILE
 from ..training.loop import train_motion
 from ..video import save_grid, write_video
 from .evaluate import evaluate
@@ -79,7 +81,7 @@ def write_regularization(folder: Path, *, seed: int = 0, count: int = 12) -> Non
 
 def write_metadata(folder: Path, entries: list[dict]) -> None:
     """The captions of a folder of clips, in the metadata.jsonl form the training data reader takes."""
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    atomic_write_bytes(folder / METADATA_FILE, "".join(json.dumps(entry) + "\n" for entry in entries).encode())
 
 
 def run_demo(
@@ -139,7 +141,7 @@ def run_demo(
             for p, b, c in zip(prompts, base_report.clips, report.clips)
         ],
     }  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     return metrics
 
 

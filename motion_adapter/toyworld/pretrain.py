@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from motion_adapter.format import atomic_save_tensors
 from motion_adapter.toyworld.model import (
     build_scheduler,
     build_text_encoder,
@@ -70,6 +71,7 @@ from motion_adapter.toyworld.world import (
     render,
     valid_pairs,
 )
+from motion_adapter.training.checkpoint import optimizer_moments, optimizer_tensors
 from motion_adapter.training.timesteps import MODES, sample_timesteps
 
 _CHECKPOINTS = "checkpoints"
@@ -377,24 +379,14 @@ def _prune_checkpoints(output_dir: Path, stage: str, keep: int) -> None:
             path.unlink()
 
 
-def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(output_dir, stage, step, model, optimizer, ema) -> Path:
     """Model, optimizer moments and EMA as flat tensors (no pickle): model.*, ema.*, adam.{i}.*."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
+    tensors.update(optimizer_tensors(optimizer, "adam."))
     path = output_dir / _CHECKPOINTS / _checkpoint_name(stage, step)
-    _atomic_save(tensors, path, {"stage": stage, "step": str(step)})
+    atomic_save_tensors({k: v.contiguous() for k, v in tensors.items()}, path, {"stage": stage, "step": str(step)})
     return path
 
 
@@ -409,14 +401,7 @@ def _load_checkpoint(path, model, optimizer, ema) -> int:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state = optimizer.state_dict()
-    moments = {}
-    for key, value in tensors.items():
-        if key.startswith("adam."):
-            _, index, name = key.split(".", 2)
-            moments.setdefault(int(index), {})[name] = value
-    state["state"] = moments
-    optimizer.load_state_dict(state)
+    optimizer.load_state_dict({**optimizer.state_dict(), "state": optimizer_moments(tensors, "adam.")})
     return step
 
 
@@ -510,7 +495,7 @@ def _latent_pool(vae, seed, pool_size, output_dir, log):
             z = z.reshape(len(clips), -1, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # -> (clips, 4, frames, 8, 8)
             chunks.append(z)
     latents = torch.cat(chunks)
-    _atomic_save({"latents": latents}, path)
+    atomic_save_tensors({"latents": latents.contiguous()}, path)
     log(f"pool: {len(pool)} clips encoded in {_clock(time.time() - tick)}")
     return latents, pool
 

@@ -30,10 +30,8 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def save_checkpoint(output_dir: Path, step: int, params: list[torch.Tensor], optimizer, scheduler, key: dict) -> Path:
     """Write the trainable tensors and optimizer state after `step` optimizer steps; returns the folder."""
     tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
+    tensors.update(optimizer_tensors(optimizer, "optimizer."))
     optimizer_state = optimizer.state_dict()
-    for index, state in optimizer_state["state"].items():
-        for name, value in state.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).cpu().contiguous()
     meta = {
         "step": step,
         "key": key,
@@ -68,11 +66,25 @@ def load_checkpoint(folder: Path, params: list[torch.Tensor], optimizer, schedul
     with torch.no_grad():
         for i, param in enumerate(params):
             param.copy_(tensors[f"param.{i}"])
-    state = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, field = name.split(".", 2)
-            state.setdefault(int(index), {})[field] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer.load_state_dict({"state": optimizer_moments(tensors, "optimizer."), "param_groups": meta["param_groups"]})
     scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
     return int(meta["step"])
+
+
+def optimizer_tensors(optimizer, prefix: str) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter state as flat tensors, `{prefix}{index}.{name}` (safetensors holds no dicts)."""
+    return {
+        f"{prefix}{index}.{name}": torch.as_tensor(value).cpu().contiguous()
+        for index, state in optimizer.state_dict()["state"].items()
+        for name, value in state.items()
+    }
+
+
+def optimizer_moments(tensors: dict[str, torch.Tensor], prefix: str) -> dict[int, dict[str, torch.Tensor]]:
+    """The per-parameter state `optimizer_tensors` flattened, back as an optimizer state dict's "state"."""
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, name = key[len(prefix) :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    return state
