@@ -101,6 +101,7 @@ def pretrain(
     temporal_conv_init: str = "random",
     timestep_sampling: str = "cubic",
     seed: int = 0,
+    device: str | None = None,
     resume: bool = True,
     log_every: int = 50,
     checkpoint_every: int = 500,
@@ -127,6 +128,8 @@ def pretrain(
         `_unet_for_training`).
     timestep_sampling: how the denoiser's training timesteps are drawn, a mode of
         `motion_adapter.training.timesteps` ("uniform", "coarse", "fine", "cubic").
+    device: where to train ("cpu", "cuda", "cuda:1"); None: the GPU when there is one, else the CPU. A run
+        may resume on another device than it started on.
     resume: continue from the latest checkpoint in `output_dir/checkpoints` (False: start over there).
     log_every: steps between log lines (log.txt, also printed); checkpoint_every: steps between checkpoints,
         each also exporting the pipeline folder; keep_checkpoints: how many to keep per stage (0: all).
@@ -144,6 +147,9 @@ def pretrain(
         raise ValueError(f"timestep_sampling {timestep_sampling!r} is unknown; choose one of {', '.join(MODES)}")
     if keep_checkpoints < 0:
         raise ValueError(f"keep_checkpoints must be 0 (keep all) or more, got {keep_checkpoints}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but torch sees no GPU here; use device='cpu'")
     output_dir = Path(output_dir)
     (output_dir / _CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     log = _Log(output_dir / _LOG)
@@ -156,39 +162,41 @@ def pretrain(
     tokenizer, scheduler = build_tokenizer(), build_scheduler()
 
     # Stage 1: the VAE.
-    vae = _seeded(build_vae, seed)
+    vae = _seeded(build_vae, seed).to(device)
     _train(
         "vae", vae, None, steps=vae_steps, lrs=[vae_learning_rate], warmup_steps=warmup_steps,
-        step_loss=lambda step: _vae_loss(vae, _frame_batch(seed, step, vae_batch_size)),
+        step_loss=lambda step: _vae_loss(vae, _frame_batch(seed, step, vae_batch_size).to(device)),
         ema_decay=None, seed=seed, output_dir=output_dir, log=log, log_every=log_every,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, export=None, decay_from=_VAE_DECAY_FROM,
     )  # fmt: skip
     vae.eval().requires_grad_(False)
 
     # The clip pool, encoded once: (n, 4, frames, 8, 8) latents scaled to unit standard deviation.
-    latents, combos = _latent_pool(vae, seed, pool_size, output_dir, log)
+    latents, combos = _latent_pool(vae, seed, pool_size, output_dir, log, device)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-    latents = latents * vae.config.scaling_factor
-    captions = _caption_ids(tokenizer, combos)
+    latents = latents.to(device) * vae.config.scaling_factor
+    captions = _caption_ids(tokenizer, combos).to(device)
 
     # Stage 2: the denoiser, UNet and text encoder together.
     text_encoder = _seeded(_text_encoder_for_training, seed, len(tokenizer), token_init_std)
     unet = _seeded(_unet_for_training, seed, temporal_conv_init)
-    denoiser = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    denoiser = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).to(device)
     ema = copy.deepcopy(denoiser)  # the exported weights: an exponential moving average of the trained ones
     ema.eval().requires_grad_(False)
     frame_order = _FrameOrder(unet) if frame_order_weight else None
 
     def step_loss(step):
-        generator = torch.Generator().manual_seed(seed * _STEP_SEED + step)
+        generator = torch.Generator().manual_seed(seed * _STEP_SEED + step)  # on the CPU, whatever the device
         torch.manual_seed(seed * _STEP_SEED + step)  # the UNet's dropout
         pick = torch.randint(len(latents), (batch_size,), generator=generator)
         variant = torch.rand(batch_size, generator=generator)
         which = torch.where(variant < caption_dropout, 2, torch.where(variant < caption_dropout + color_dropout, 1, 0))
+        pick, which = pick.to(device), which.to(device)
         ids = captions[pick, which]  # (b, MAX_TOKENS): full caption, caption without colour, or ""
         clean = latents[pick]  # (b, 4, frames, 8, 8)
-        noise = torch.randn(clean.shape, generator=generator)
+        noise = torch.randn(clean.shape, generator=generator).to(device)
         t = sample_timesteps(batch_size, scheduler.config.num_train_timesteps, timestep_sampling, generator=generator)
+        t = t.to(device)
         noisy = scheduler.add_noise(clean, noise, t)
         target = scheduler.get_velocity(clean, noise, t)
         prediction = unet(noisy, t, text_encoder(ids)[0]).sample
@@ -281,7 +289,7 @@ class _FrameOrder:
     def loss(self) -> torch.Tensor:
         channel = self.output.reshape(-1, NUM_FRAMES, *self.output.shape[1:])[:, :, 0]
         self.output = None
-        ramp = torch.linspace(-1.0, 1.0, NUM_FRAMES).view(1, NUM_FRAMES, 1, 1)
+        ramp = torch.linspace(-1.0, 1.0, NUM_FRAMES, device=channel.device).view(1, NUM_FRAMES, 1, 1)
         return F.mse_loss(channel, ramp.expand_as(channel))
 
     def remove(self) -> None:
@@ -339,12 +347,11 @@ def _train(stage, model, ema, *, steps, lrs, warmup_steps, step_loss, ema_decay,
         if ema is not None:
             decay = min(ema_decay, (1.0 + step) / (10.0 + step))
             with torch.no_grad():
-                for average, current in zip(ema.parameters(), model.parameters()):
-                    average.lerp_(current, 1.0 - decay)
-        losses.append(loss.item())
+                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+        losses.append(loss.detach())  # read at the log line: no wait for the GPU at every step
         if step % log_every == 0 or step == steps:
             seconds = (time.time() - tick) / len(losses)
-            log(f"{stage}: step {step}/{steps} loss {np.mean(losses):.4f} {seconds:.2f} s/step")
+            log(f"{stage}: step {step}/{steps} loss {torch.stack(losses).mean().item():.4f} {seconds:.2f} s/step")
             losses, tick = [], time.time()
         if step % checkpoint_every == 0 or step == steps:
             path = _save_checkpoint(output_dir, stage, step, model, optimizer, ema)
@@ -386,7 +393,8 @@ def _save_checkpoint(output_dir, stage, step, model, optimizer, ema) -> Path:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     tensors.update(optimizer_tensors(optimizer, "adam."))
     path = output_dir / _CHECKPOINTS / _checkpoint_name(stage, step)
-    atomic_save_tensors({k: v.contiguous() for k, v in tensors.items()}, path, {"stage": stage, "step": str(step)})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_save_tensors(tensors, path, {"stage": stage, "step": str(step)})
     return path
 
 
@@ -468,7 +476,7 @@ def _vae_loss(vae, frames: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(reconstruction, frames) + 1e-6 * posterior.kl().mean()
 
 
-def _latent_pool(vae, seed, pool_size, output_dir, log):
+def _latent_pool(vae, seed, pool_size, output_dir, log, device):
     """Render and encode `pool_size` clips, cycling through the combos (cached in latents.safetensors).
 
     Returns ((n, 4, frames, 8, 8) unscaled latent means, the combo of each clip).
@@ -491,7 +499,7 @@ def _latent_pool(vae, seed, pool_size, output_dir, log):
                 for i, (s, c, m, b) in enumerate(pool[start : start + 32])
             ]
             frames = _to_unit(np.concatenate(clips))  # (clips * frames, 3, h, w)
-            z = vae.encode(frames).latent_dist.mean  # (clips * frames, 4, 8, 8)
+            z = vae.encode(frames.to(device)).latent_dist.mean.cpu()  # (clips * frames, 4, 8, 8)
             z = z.reshape(len(clips), -1, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # -> (clips, 4, frames, 8, 8)
             chunks.append(z)
     latents = torch.cat(chunks)

@@ -146,7 +146,9 @@ def test_temporal_conv_init_identity_is_diffusers_and_random_is_not():
 @pytest.mark.parametrize(
     ("option", "match"),
     [({"timestep_sampling": "late"}, "timestep_sampling 'late' is unknown"),
-     ({"temporal_conv_init": "zeros"}, "temporal_conv_init must be")],
+     ({"temporal_conv_init": "zeros"}, "temporal_conv_init must be"),
+     pytest.param({"device": "cuda"}, "torch sees no GPU", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                                   reason="this machine has a GPU"))],
 )  # fmt: skip
 def test_pretrain_refuses_unknown_options_before_any_work(tmp_path, option, match):
     with pytest.raises(ValueError, match=match):
