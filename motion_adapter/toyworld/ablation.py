@@ -12,7 +12,9 @@ trained apart and loaded together, with and without per-group weights, against t
 
 Outputs in output_dir: runs.json (every run, the sweeps, the composition), table.md (the paper's layout:
 accuracy / copy per variant, grouped by factor) and plot.png (one panel per factor); each run's folder keeps
-its examples, adapter and a picture of its first samples with what the evaluator read off them.
+its examples, adapter, a picture of its first samples with what the evaluator read off them, and its record
+(run.json). Run again into the same folder, the grid reads back every run recorded there with the same base and
+settings and makes only the others: an interrupted grid resumes.
 
 Cost, measured on the 2-core development machine, one process with one torch thread while the base's
 pretraining used the other core: a run of the default recipe at 100 steps takes about 52 s: 28 s of training
@@ -28,6 +30,7 @@ motion and seed plus one composition study, took 360 to 420 s with one worker (s
 """
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -144,6 +147,7 @@ class _Settings:
     prompts_per_run: int
     prior_prompts: int
     pipe_factory: Callable
+    base: str = ""  # `_weights_digest` of the base
     base_prior: dict = field(default_factory=dict)  # seed -> the base's EvaluationReport on the prior prompts
 
 
@@ -189,6 +193,7 @@ def run_ablation(
         prior_prompts=prior_prompts or preset["prior_prompts"],
         pipe_factory=pipe_factory or load_pipeline,
     )
+    s.base = _weights_digest(s.pipe_factory())
     workers = workers or os.cpu_count() or 1
     results = {
         "settings": {"motions": motions, "seeds": seeds, "steps": s.steps, "prompts_per_run": s.prompts_per_run,
@@ -319,14 +324,48 @@ def _sweeps(s: _Settings, pool, variants: list[Variant], cell: tuple[str, int], 
     return chosen
 
 
+def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
+    """`run()`'s record, kept in `path`; read back instead when an earlier call made it with the same identity.
+
+    A grid of two hours that stops (a crash, a closed laptop) resumes where it stopped when run again into the
+    same folder; a run whose settings changed is made again.
+    """
+    identity = json.loads(json.dumps(identity))  # as it reads back from JSON (tuples become lists)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.pop("identity", None) == identity:
+            return record
+    record = json.loads(json.dumps(run()))  # the same types as a record read back
+    _write_json(path, {**record, "identity": identity})
+    return record
+
+
+def _weights_digest(pipe) -> str:
+    """A short hash of a base pipeline's weights: recorded runs are reused only on the same base."""
+    digest = hashlib.sha256()
+    for model in (pipe.unet, pipe.text_encoder, pipe.vae):
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _train_and_score(
     s: _Settings, variant: Variant, *, motion: str, seed: int, learning_rate: float | None = None, folder=None
 ) -> dict:
-    """One run: render the examples and regularization, train on a fresh base, score the adapter."""
-    started = time.perf_counter()
+    """One run (recorded in its folder's run.json): render the examples and regularization, train on a fresh base,
+    score the adapter."""
     folder = folder or s.out / "runs" / variant.name / f"{motion}-s{seed}"
-    examples, appearances = _examples(folder / "examples", motion, seed=seed, count=variant.examples)
     config = _config(s, variant, seed=seed, learning_rate=learning_rate)
+    identity = {"base": s.base, "variant": dataclasses.asdict(variant), "config": dataclasses.asdict(config),
+                "motion": motion, "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts}  # fmt: skip
+    return _recorded(folder / "run.json", identity, partial(_train_and_score_now, s, variant, motion, seed, config,
+                                                            folder))  # fmt: skip
+
+
+def _train_and_score_now(s: _Settings, variant: Variant, motion: str, seed: int, config: TrainConfig, folder: Path):
+    started = time.perf_counter()
+    examples, appearances = _examples(folder / "examples", motion, seed=seed, count=variant.examples)
     reg_data = None
     if variant.regularization != "none":
         write_regularization(folder / "regularization", seed=seed)
@@ -352,11 +391,17 @@ def _train_and_score(
 
 
 def _score_compressed(s: _Settings, variant: Variant, parent: dict) -> dict:
-    """Score the compressed adapter a full-delta run wrote, loaded into a fresh base."""
+    """Score the compressed adapter a full-delta run wrote, loaded into a fresh base (recorded beside the run's)."""
+    folder = Path(parent["compressed_dir"]).parent
+    identity = {"variant": dataclasses.asdict(variant), "parent": parent}
+    return _recorded(folder / f"{variant.name}.json", identity, partial(_score_compressed_now, s, variant, parent,
+                                                                        folder))  # fmt: skip
+
+
+def _score_compressed_now(s: _Settings, variant: Variant, parent: dict, folder: Path) -> dict:
     started = time.perf_counter()
     pipe = _fresh_pipe(s)
     load_motion_adapter(pipe, parent["compressed_dir"], adapter_name=TOKEN)
-    folder = Path(parent["compressed_dir"]).parent
     scores = _score(s, pipe, motion=parent["motion"], seed=parent["seed"],
                     appearances=parent["training_appearances"], folder=folder, name=variant.name)  # fmt: skip
     return {

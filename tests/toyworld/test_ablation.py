@@ -99,3 +99,19 @@ def test_the_table_has_a_row_per_variant(results):
     assert len(rows) == 2
     assert any("temporal layers" in row for row in rows) and any("(paper)" in row for row in rows)
     assert table.count("| separate, ") == 2 and "| joint |" in table
+
+
+@needs_weights
+def test_a_grid_run_again_reads_its_runs_back_and_remakes_changed_ones(results, monkeypatch):
+    out, run = results
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recorded run was trained again")
+
+    monkeypatch.setattr(ablation, "train_motion", no_training)
+    again = ablation.run_ablation(out, variants=["temporal"], motions=["zigzag"], seeds=[0], steps=2,
+                                  prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
+    assert again["runs"] == run["runs"]
+    with pytest.raises(AssertionError, match="trained again"):  # other settings: the runs are made again
+        ablation.run_ablation(out, variants=["temporal"], motions=["zigzag"], seeds=[0], steps=3,
+                              prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
