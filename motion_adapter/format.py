@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from .constants import (
     WEIGHTS_NAME,
 )
 from .errors import AdapterFormatError
+from .files import atomic_write_bytes, temporary_sibling
 
 
 @dataclass
@@ -162,39 +162,10 @@ def write_card(path: Path, card: str) -> bool:
     return True
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _temporary_sibling(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically: nothing, or a complete file, is ever at `path`."""
-    with _temporary_sibling(path) as tmp:
+    with temporary_sibling(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-
-
-class _temporary_sibling:
-    """A temporary path next to `path`, moved onto it on success and removed on failure (atomic on one disk)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            # mkstemp makes 0600 files; give the mode a plain open() would (0666 less the umask, read and restored).
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def _lora_tensors(modules: dict[str, LoraPair], component: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:

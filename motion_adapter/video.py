@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from fractions import Fraction
@@ -18,6 +17,8 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
+
+from .files import temporary_sibling
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -192,20 +193,8 @@ def write_video(path: str | os.PathLike, frames, *, fps: float = 8) -> Path:
         raise ValueError(f"fps must be positive, got {fps}.")
     frames = as_uint8_frames(frames)
     writer = _write_gif if suffix == ".gif" else _write_mp4
-    return _atomic_write(path, lambda tmp: writer(tmp, frames, fps=fps))
-
-
-def _atomic_write(path: Path, write) -> Path:
-    """Call write(tmp_path) on a temporary file next to `path`, then move it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with temporary_sibling(path) as tmp:
+        writer(tmp, frames, fps=fps)
     return path
 
 
@@ -307,7 +296,9 @@ def save_grid(
     # each row: (1, band + h, columns * w, 3); rows stack along height
     grid = np.concatenate([_with_label(_pick_columns(clip, columns), label)[0] for clip, label in zip(clips, labels)])
     image_format = Image.registered_extensions()[suffix]
-    return _atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format=image_format))
+    with temporary_sibling(path) as tmp:
+        Image.fromarray(grid).save(tmp, format=image_format)
+    return path
 
 
 def _hold_last(clip: np.ndarray, length: int) -> np.ndarray:

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).parent.parent / "motion_adapter"
 
 # Lower number = lower layer. A module may import only modules of a lower or equal layer.
 LAYERS = {
-    "errors": 0, "constants": 0, "video": 0,
+    "errors": 0, "constants": 0, "files": 0, "video": 0,
     "targets": 1, "format": 1,
     "adapter": 2, "hub": 2,
     "pipeline": 3, "testing": 4,

@@ -50,7 +50,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from ..format import atomic_write_bytes, read_info
+from ..files import atomic_write_bytes
+from ..format import read_info
 from ..pipeline import fuse_motion_adapters, load_motion_adapter, set_motion_adapters, unfuse_motion_adapters
 from ..targets import resolve_targets
 from ..training.config import TrainConfig

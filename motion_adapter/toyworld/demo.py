@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..format import atomic_write_bytes
+from ..files import atomic_write_bytes
 from ..pipeline import disable_motion_adapters, enable_motion_adapters, fuse_motion_adapters, unfuse_motion_adapters
 from ..training.config import TrainConfig
 from ..training.data import METADATA_FILE

@@ -1,0 +1,28 @@
+"""Atomic writes: a complete file or none, with the mode a plain open() gives."""
+
+import os
+import stat
+
+import pytest
+
+from motion_adapter.files import atomic_write_bytes, temporary_sibling
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_written_files_get_the_umask_mode(tmp_path, umask, mode):
+    """Atomic writes give the mode a plain open() would, not mkstemp's 0600, and leave no temporary file."""
+    previous = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "card.md", b"hello")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "card.md").stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["card.md"]
+
+
+def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
+    with pytest.raises(RuntimeError), temporary_sibling(tmp_path / "clip.gif") as tmp:
+        assert tmp.suffix == ".gif" and tmp.parent == tmp_path  # writers pick the format by the suffix
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
