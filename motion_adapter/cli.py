@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the tiny built-in world: teach its base a new motion, show the result")
     demo.add_argument("--out", default="motion-adapter-demo", help="output folder")
-    demo.add_argument("--motion", default="zigzag", help="the held-out motion to teach (zigzag, orbit, bounce, ...)")
+    demo.add_argument("--motion", default="bounce", help="the held-out motion to teach (bounce, orbit, zigzag, ...)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: the world's recipe)")
     demo.set_defaults(run=_demo)

@@ -37,10 +37,16 @@ PICTURE_SCALE = 4  # the side-by-side picture shows each 32-pixel frame at 128 p
 
 
 def train_config(**overrides) -> TrainConfig:
-    """The TrainConfig this world's demo uses: its clip size and length, and steps that fit a laptop CPU."""
+    """The TrainConfig this world's demo uses: its clip size and length, and steps that fit a laptop CPU.
+
+    Measured with `run_demo` (the bounce, 12 new-appearance clips, the shipped base): 500 steps at rate 3e-3
+    read the bounce off 83%, 75% and 67% of the clips at seeds 0, 1 and 2 (the base: 0%); 300 steps 83% and 58%
+    (seeds 0, 1); rate 1e-2 learned nothing (0%). The zigzag, a small fast wiggle on a drift, is not learned on
+    this base (8% at 300 steps, 3e-3: the adapter learns the drift); the orbit is (58% and 75%, 300 steps).
+    """
     settings = dict(
-        max_train_steps=300,
-        learning_rate=1e-3,
+        max_train_steps=500,
+        learning_rate=3e-3,
         rank=8,
         num_frames=NUM_FRAMES,
         height=SIZE,
@@ -87,7 +93,7 @@ def write_metadata(folder: Path, entries: list[dict]) -> None:
 def run_demo(
     output_dir="motion-adapter-demo",
     *,
-    motion: str = "zigzag",
+    motion: str = "bounce",
     seed: int = 0,
     config: TrainConfig | None = None,
     prompts_per_appearance: int = 2,

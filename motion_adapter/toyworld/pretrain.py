@@ -32,7 +32,7 @@ the quality bar (85 / 90 / 80).
 The earlier recipe (uniform timesteps, rate 5e-4, CLIP's embedding init; `pretrain(out, steps=2000,
 learning_rate=5e-4, token_init_std=None, frame_order_weight=0, temporal_conv_init="identity",
 timestep_sampling="uniform")`) scored motion 9.4%, colour 100%, shape 23%, flat from step 500 to 3,000.
-Twice the data did not help: the same recipe on that GPU at batch 256 for 500 steps (128,000 clips, against
+Twice the data did not help: the shipped recipe on that GPU at batch 256 for 500 steps (128,000 clips, against
 the shipped base's 64,000) scored motion 66%, colour 100%, shape 19% with rates of 2e-3 (`learning_rate` and
 `text_learning_rate`), and 36%, 97%, 14% with 1e-3; it was not shipped.
 
