@@ -229,8 +229,8 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
     unet.train()
     bypass = _temporal_blocks(unet)
     text_per_frame = getattr(architecture_of(unet), "text_per_frame", False)
-    progress = tqdm(total=config.max_train_steps, initial=start_step, desc=f"training {adapter_name}",
-                    disable=not accelerator.is_main_process)  # fmt: skip
+    quiet = {} if accelerator.is_main_process else {"disable": True}  # disable=False would override TQDM_DISABLE=1
+    progress = tqdm(total=config.max_train_steps, initial=start_step, desc=f"training {adapter_name}", **quiet)
     if config.report_to:
         accelerator.init_trackers("motion_adapter", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
     step, loss_value, samples = start_step, math.nan, []

@@ -53,6 +53,15 @@ def test_a_few_steps_train_only_the_lora_and_leave_eval_mode(pipe, clips, reg, t
     assert all(torch.equal(base[k], v) for k, v in pipe.unet.state_dict().items())  # base untouched
 
 
+def test_the_main_process_leaves_the_progress_bar_to_tqdm_disable(pipe, clips, tmp_path, monkeypatch):
+    """An explicit disable=False would override TQDM_DISABLE=1 (tqdm reads it when no value is passed)."""
+    made = []
+    real = loop.tqdm
+    monkeypatch.setattr(loop, "tqdm", lambda *args, **kwargs: made.append(kwargs) or real(*args, **kwargs))
+    ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=tiny_config(max_train_steps=1))
+    assert made and "disable" not in made[0]
+
+
 def test_regularization_draws_from_both_sets(pipe, clips, reg, tmp_path, monkeypatch):
     drawn = []
     original = cache.LatentStore.window
