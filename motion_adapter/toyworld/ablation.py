@@ -16,17 +16,15 @@ its examples, adapter, a picture of its first samples with what the evaluator re
 (run.json). Run again into the same folder, the grid reads back every run recorded there with the same base and
 settings and makes only the others: an interrupted grid resumes.
 
-Cost, measured on the 2-core development machine, one process with one torch thread while the base's
-pretraining used the other core: a run of the default recipe at 100 steps takes about 52 s: 28 s of training
-(0.28 s a step, one example and one regularization clip; 0.15 s without regularization, 0.21 s for a full
-delta, 0.33 s at rank 64; generated regularization adds 9 s to make its clips), 24 s to sample and score 16
-new-appearance and 8 prior-preservation clips (about 1 s a clip: 20 DDIM steps with guidance, the adapter
-fused, batched), and a few seconds to load, render and save. The full grid (`FULL`) is 188 trainings (18
-trained variants x 5 motions x 2 seeds, and 8 more for the learning-rate sweeps), 10 scorings of compressed
-adapters and 2 composition studies (about 150 s each): about 10,400 s of work for one core, so about 90
-minutes with two workers (one per core; their speed side by side on an idle machine was not measured, hence
-100 training steps where 2 hours would hold about 170; the demo trains 300). `QUICK`, five variants on one
-motion and seed plus one composition study, took 360 to 420 s with one worker (six to seven minutes).
+Cost, measured on the 2-core development machine with two workers (one torch thread each): the grid on one
+motion and two seeds at 300 steps (44 trainings, 2 compressed scorings, 2 composition studies) took 3,424 s;
+a training of 300 steps takes 54 to 138 s beside another (one example and one regularization clip a step; no
+regularization is the cheapest, rank 4 to 64 and generated regularization the dearest), and sampling and
+scoring its 24 clips about 25 s more. The full grid (`FULL`: 188 trainings over five motions) is therefore about
+3 h 45 min there, over its 2-hour budget; 100 steps would fit, but learned next to nothing (at most 12% in 14
+runs on the zigzag and the orbit, in a grid stopped early).
+`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 7 min 49 s with two
+workers. docs/ablation.md has the one-motion run's table and reading.
 """
 
 import dataclasses
@@ -359,7 +357,8 @@ def _train_and_score(
     folder = folder or s.out / "runs" / variant.name / f"{motion}-s{seed}"
     config = _config(s, variant, seed=seed, learning_rate=learning_rate)
     identity = {"base": s.base, "variant": dataclasses.asdict(variant), "config": dataclasses.asdict(config),
-                "motion": motion, "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts}  # fmt: skip
+                "motion": motion, "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts,
+                "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE]}  # fmt: skip
     return _recorded(folder / "run.json", identity, partial(_train_and_score_now, s, variant, motion, seed, config,
                                                             folder))  # fmt: skip
 
