@@ -23,11 +23,12 @@ Cost on CPU, measured (one thread of a 2-core x86 machine shared with other jobs
 7,200 clips 2 minutes 15 seconds; the denoiser 1.10 s a step at batch 16 (median; 1.05 to 2.3 when the
 machine is busy), about 18 minutes per 1,000 steps. On one NVIDIA H200 (`device="cuda"`, float32, torch 2.11),
 two runs side by side at batch 256 kept the GPU 99% busy at 0.46 s a step each (about 1,100 clips a second
-together, some 75 times one CPU thread); encoding the pool took 26 s. Alone, a step (UNet and text encoder,
-random data) takes 125 / 210 / 774 ms at batch 64 / 256 / 1,024: about 1,300 clips a second at most, and bf16
-autocast does not help (201 ms at 256). torch's profiler at batch 256: 68% of the GPU's time goes to the
-memory-efficient attention kernels (float32, 8-wide heads over 8 frames or 64 positions) and 19% to AdamW's
-step; the math attention backend and a fused AdamW are the untried leads.
+together, some 75 times one CPU thread); encoding the pool took 26 s. Alone
+(`python benchmarks/pretrain_step.py`), a step (UNet and text encoder, random data) takes 125 / 210 / 774 ms at
+batch 64 / 256 / 1,024: about 1,300 clips a second at most, and bf16 autocast does not help (201 ms at 256).
+torch's profiler at batch 256: 68% of the GPU's time goes to the memory-efficient attention kernels (float32,
+8-wide heads over 8 frames or 64 positions) and 19% to AdamW's step; the math attention backend and a fused
+AdamW are the untried leads.
 
 Status: the shipped weights are this function's defaults, 4,000 denoiser steps (cubic timesteps, the
 frame-order loss, learning rate 1e-3, unit-scale word embeddings): about 90 minutes on one CPU thread at
