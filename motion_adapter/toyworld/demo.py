@@ -41,8 +41,9 @@ def train_config(**overrides) -> TrainConfig:
 
     Measured with `run_demo` (the bounce, 12 new-appearance clips, the shipped base): 500 steps at rate 3e-3
     read the bounce off 83%, 75% and 67% of the clips at seeds 0, 1 and 2 (the base: 0%); 300 steps 83% and 58%
-    (seeds 0, 1); rate 1e-2 learned nothing (0%). The zigzag, a small fast wiggle on a drift, is not learned on
-    this base (8% at 300 steps, 3e-3: the adapter learns the drift); the orbit is (58% and 75%, 300 steps).
+    (seeds 0, 1); rate 1e-2 learned nothing (0%, 300 steps, seed 1). The zigzag, a small fast wiggle on a
+    drift, is not learned on this base (8% at 300 steps, 3e-3: the adapter learns the drift); the orbit is (58%
+    and 75%, 300 steps).
     """
     settings = dict(
         max_train_steps=500,
