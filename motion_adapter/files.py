@@ -5,7 +5,7 @@ or a full disk midway leaves no truncated file that a later run would trust.
 """
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,19 +16,25 @@ def temporary_sibling(path):
     `path` when the block ends and removed if it raises (atomic on one disk)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_empty_sibling(path)
     try:
         yield tmp
-        # mkstemp makes 0600 files; give the mode a plain open() would (0666 less the umask, read and restored).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_empty_sibling(path: Path) -> Path:
+    """Create a new empty file `.{stem}.{random}.tmp{suffix}` next to `path` with the mode a plain open() gives:
+    0666 less the umask, applied by the OS (tempfile.mkstemp would make it 0600)."""
+    while True:
+        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
