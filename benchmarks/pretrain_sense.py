@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from motion_adapter import toyworld
 from motion_adapter.training.timesteps import sample_timesteps
@@ -58,8 +57,7 @@ def train_and_watch(recipe: str, steps: int) -> list[tuple[int, float, str]]:
         clean = latents[pick]
         noise = torch.randn(clean.shape, generator=generator)
         t = sample_timesteps(BATCH, scheduler.config.num_train_timesteps, sampling, generator=generator)
-        prediction = unet(scheduler.add_noise(clean, noise, t), t, text_encoder(ids[pick])[0]).sample
-        loss = F.mse_loss(prediction, scheduler.get_velocity(clean, noise, t))
+        loss = pretrain.velocity_loss(unet, scheduler, clean, noise, t, text_encoder(ids[pick])[0])
         if frame_order:
             loss = loss + frame_order.loss()
         optimizer.zero_grad()

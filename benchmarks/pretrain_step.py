@@ -12,10 +12,10 @@ memory-efficient attention kernels. bf16 at batch 1,024 is left out: that attent
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from motion_adapter.toyworld.model import build_scheduler, build_text_encoder, build_tokenizer, build_unet
+from motion_adapter.toyworld.pretrain import velocity_loss
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SETTINGS = [(64, "fp32"), (256, "fp32"), (1024, "fp32"), (256, "bf16")] if DEVICE == "cuda" else [(2, "fp32")]
@@ -33,8 +33,7 @@ def main() -> None:
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), device=DEVICE)
         noise = torch.randn_like(clean)
         with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            prediction = unet(scheduler.add_noise(clean, noise, t), t, text_encoder(ids)[0]).sample
-        loss = F.mse_loss(prediction.float(), scheduler.get_velocity(clean, noise, t))
+            loss = velocity_loss(unet, scheduler, clean, noise, t, text_encoder(ids)[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

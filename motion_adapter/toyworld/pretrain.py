@@ -209,11 +209,7 @@ def pretrain(
         clean = latents[pick]  # (b, 4, frames, 8, 8)
         noise = torch.randn(clean.shape, generator=generator).to(device)
         t = sample_timesteps(batch_size, scheduler.config.num_train_timesteps, timestep_sampling, generator=generator)
-        t = t.to(device)
-        noisy = scheduler.add_noise(clean, noise, t)
-        target = scheduler.get_velocity(clean, noise, t)
-        prediction = unet(noisy, t, text_encoder(ids)[0]).sample
-        loss = F.mse_loss(prediction, target)
+        loss = velocity_loss(unet, scheduler, clean, noise, t.to(device), text_encoder(ids)[0])
         return loss + frame_order_weight * frame_order.loss() if frame_order else loss
 
     def export():
@@ -229,6 +225,12 @@ def pretrain(
     export()
     log(f"done in {_clock(time.time() - started)} (this call); pipeline in {output_dir}")
     return output_dir
+
+
+def velocity_loss(unet, scheduler, clean, noise, t, text_states) -> torch.Tensor:
+    """The denoiser's loss: mean squared error of the UNet's v-prediction on `clean` latents noised to `t`."""
+    prediction = unet(scheduler.add_noise(clean, noise, t), t, text_states).sample
+    return F.mse_loss(prediction.float(), scheduler.get_velocity(clean, noise, t))
 
 
 class _Log:
@@ -535,4 +537,4 @@ def _caption_ids(tokenizer, combos) -> torch.Tensor:
     return torch.stack([full, plain, empty], dim=1)
 
 
-__all__ = ["pretrain"]
+__all__ = ["pretrain", "velocity_loss"]
