@@ -6,6 +6,7 @@ or a full disk midway leaves no truncated file that a later run would trust.
 
 import os
 import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,8 +18,10 @@ def temporary_sibling(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_empty_sibling(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # some writers (safetensors) replace the file with one of mode 0600
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -20,6 +20,18 @@ def test_written_files_get_the_umask_mode(tmp_path, umask, mode):
     assert [p.name for p in tmp_path.iterdir()] == ["card.md"]
 
 
+def test_a_writer_that_recreates_the_file_still_gives_the_umask_mode(tmp_path):
+    """safetensors' save_file replaces the file with one of mode 0600: the move into place restores the mode."""
+    previous = os.umask(0o022)
+    try:
+        with temporary_sibling(tmp_path / "adapter.safetensors") as tmp:
+            tmp.unlink()
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o600))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "adapter.safetensors").stat().st_mode) == 0o644
+
+
 def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
     with pytest.raises(RuntimeError), temporary_sibling(tmp_path / "clip.gif") as tmp:
         assert tmp.suffix == ".gif" and tmp.parent == tmp_path  # writers pick the format by the suffix
