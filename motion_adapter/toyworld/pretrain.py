@@ -1,6 +1,6 @@
 """Pretraining the tiny world's base model: `pretrain(output_dir)` makes the weights that ship in `weights/`.
 
-Two stages, each a plain loop that reads top to bottom, checkpointed atomically and resumable:
+Three stages, each a plain loop that reads top to bottom, checkpointed atomically and resumable:
 1. the VAE: an AutoencoderKL trained on single frames rendered from the pretraining world (shapes x colours x
    backgrounds, at random poses), reconstruction MSE plus a small KL term, a warmup-stable-decay rate; then
    frozen.
@@ -11,6 +11,11 @@ Two stages, each a plain loop that reads top to bottom, checkpointed atomically 
    frame-order loss (`_FrameOrder`), AdamW with a short warmup and then a constant rate, captions from
    `toyworld.caption`, some captions without their colour and some empty (for classifier-free guidance).
    The exported weights are an exponential moving average of the trained ones.
+3. the refinement: the denoiser's averaged weights trained on (fresh AdamW and average, same rates and data)
+   with timesteps drawn uniformly from the middle of the schedule (t in 350-850), where a clip's shape is
+   decided and the cubic timesteps of stage 2 left the prompt's shape word without effect
+   (`python benchmarks/base_shapes.py`). Its average is the exported model. A stage-2 run trained further
+   makes the refinement start over.
 Held-out motions and held-out shapes are never rendered here.
 
 Every step draws its randomness from (seed, step) alone, so a resumed run takes the same steps as an
@@ -30,10 +35,22 @@ torch's profiler at batch 256: 68% of the GPU's time goes to the memory-efficien
 8-wide heads over 8 frames or 64 positions) and 19% to AdamW's step; the math attention backend and a fused
 AdamW are the untried leads.
 
-Status: the shipped weights are this function's defaults, 4,000 denoiser steps (cubic timesteps, the
-frame-order loss, learning rate 1e-3, unit-scale word embeddings): about 90 minutes on one CPU thread at
-the rates above (15 + 2 + 73). On 64 clips (`measure_quality()`): motion 61%, colour 100%, shape 23%; below
-the quality bar (85 / 90 / 80).
+Status: the shipped weights are this function's defaults: 4,000 denoiser steps (cubic timesteps, the
+frame-order loss, learning rate 1e-3, unit-scale word embeddings), then 3,000 refinement steps on t in 350-850:
+about 90 minutes on one CPU thread for the first two stages (15 + 2 + 73) and 0.8 s a refinement step on two
+threads (52 minutes for the 3,000, measured across two calls that resumed). On 64 clips (`measure_quality()`),
+after the denoiser alone: motion 61%, colour 100%, shape 23%; after 1,000 / 2,000 / 3,000 refinement steps:
+motion 67 / 92 / 88%, colour 100% each, shape 58 / 77 / 80% (79.7%: 51 of 64). The quality bar is 85 / 90 / 80:
+motion and colour meet it, shape is one clip short. 3,000 steps shipped, being the best of the three on shape.
+Where the refinement came from (`python benchmarks/base_shapes.py`, 32 rendered clips noised part of the way and
+denoised): the denoiser alone kept a clip's shape from t = 400 (91%) but not from t = 600 to 800 (59%, 34%),
+where the shape is decided; its shape word steered the result in 12% of clips at t = 600, and the empty prompt
+kept more shapes (78%) than the right one with guidance. In latent space a red circle and a red square at one
+pose lie a seventh as far apart as a red and a blue circle, so the shape's share of the denoising loss is small,
+and cubic timesteps spend 58% of the steps above t = 800. Diagnostic fine-tunes of the denoiser (throw-away
+scripts, not kept), 1,000 steps each from its weights, scored from pure noise on 64 clips: cubic timesteps,
+shape 27%; cubic with the loss weighted 5x on the shape's latent pixels, 31%; shapes drawn upright (angle within
+10 degrees), no change at 500 steps; t drawn from 350-850, 66% (and motion 59% -> 78%).
 The earlier recipe (uniform timesteps, rate 5e-4, CLIP's embedding init; `pretrain(out, steps=2000,
 learning_rate=5e-4, token_init_std=None, frame_order_weight=0, temporal_conv_init="identity",
 timestep_sampling="uniform")`) scored motion 9.4%, colour 100%, shape 23%, flat from step 500 to 3,000.
@@ -59,6 +76,7 @@ import math
 import os
 import re
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +110,8 @@ _LATENTS = "latents.safetensors"
 _LOG = "log.txt"
 _VAE_DECAY_FROM = 2 / 3  # the VAE's rate decays (cosine, to 0) over its last third: at a constant 2e-3 it can blow up
 _STEP_SEED = 1_000_003  # each step's generator is seeded with seed * _STEP_SEED + step (+ a stage offset)
+REFINE_STEPS = 3000  # the shipped recipe's refinement (see the module docstring)
+_REFINE_SEED = 500_000  # the refinement's stage offset: its draws differ from the denoiser's first 500,000 steps
 
 
 def pretrain(
@@ -113,6 +133,9 @@ def pretrain(
     frame_order_weight: float = 1.0,
     temporal_conv_init: str = "random",
     timestep_sampling: str = "cubic",
+    refine_steps: int = REFINE_STEPS,
+    refine_min_t: int = 350,
+    refine_max_t: int = 850,
     seed: int = 0,
     device: str | None = None,
     resume: bool = True,
@@ -141,6 +164,9 @@ def pretrain(
         `_unet_for_training`).
     timestep_sampling: how the denoiser's training timesteps are drawn, a mode of
         `motion_adapter.training.timesteps` ("uniform", "coarse", "fine", "cubic").
+    refine_steps: steps of the refinement that follows the denoiser: the denoiser's averaged weights trained
+        further (fresh AdamW, same rates and warmup, a fresh average) on timesteps drawn uniformly from
+        `refine_min_t` to `refine_max_t`, where a clip's shape is decided; 0 leaves it out.
     device: where to train ("cpu", "cuda", "cuda:1"); None: the GPU when there is one, else the CPU. A run
         may resume on another device than it started on.
     resume: continue from the latest checkpoint in `output_dir/checkpoints` (False: start over there).
@@ -158,6 +184,12 @@ def pretrain(
         raise ValueError(f"temporal_conv_init must be 'identity' or 'random', got {temporal_conv_init!r}")
     if timestep_sampling not in MODES:
         raise ValueError(f"timestep_sampling {timestep_sampling!r} is unknown; choose one of {', '.join(MODES)}")
+    timesteps = build_scheduler().config.num_train_timesteps
+    if refine_steps < 0 or not 0 <= refine_min_t <= refine_max_t < timesteps:
+        raise ValueError(
+            f"refine_steps must be 0 or more and 0 <= refine_min_t <= refine_max_t < {timesteps}, "
+            f"got {refine_steps}, {refine_min_t}, {refine_max_t}"
+        )
     if keep_checkpoints < 0:
         raise ValueError(f"keep_checkpoints must be 0 (keep all) or more, got {keep_checkpoints}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -198,9 +230,10 @@ def pretrain(
     ema.eval().requires_grad_(False)
     frame_order = _FrameOrder(unet) if frame_order_weight else None
 
-    def step_loss(step):
-        generator = torch.Generator().manual_seed(seed * _STEP_SEED + step)  # on the CPU, whatever the device
-        torch.manual_seed(seed * _STEP_SEED + step)  # the UNet's dropout
+    def step_loss(step, stream=0, draw_timesteps=None):
+        draw = seed * _STEP_SEED + stream + step
+        generator = torch.Generator().manual_seed(draw)  # on the CPU, whatever the device
+        torch.manual_seed(draw)  # the UNet's dropout
         pick = torch.randint(len(latents), (batch_size,), generator=generator)
         variant = torch.rand(batch_size, generator=generator)
         which = torch.where(variant < caption_dropout, 2, torch.where(variant < caption_dropout + color_dropout, 1, 0))
@@ -208,21 +241,35 @@ def pretrain(
         ids = captions[pick, which]  # (b, MAX_TOKENS): full caption, caption without colour, or ""
         clean = latents[pick]  # (b, 4, frames, 8, 8)
         noise = torch.randn(clean.shape, generator=generator).to(device)
-        t = sample_timesteps(batch_size, scheduler.config.num_train_timesteps, timestep_sampling, generator=generator)
+        if draw_timesteps is None:
+            t = sample_timesteps(batch_size, timesteps, timestep_sampling, generator=generator)
+        else:
+            t = draw_timesteps(generator)
         loss = velocity_loss(unet, scheduler, clean, noise, t.to(device), text_encoder(ids)[0])
         return loss + frame_order_weight * frame_order.loss() if frame_order else loss
 
-    def export():
-        _export(output_dir, vae, ema["text_encoder"], tokenizer, ema["unet"], scheduler)
+    def exporter(averaged):
+        return lambda: _export(output_dir, vae, averaged["text_encoder"], tokenizer, averaged["unet"], scheduler)
 
-    _train(
-        "unet", denoiser, ema, steps=steps, lrs=[learning_rate, text_learning_rate], warmup_steps=warmup_steps,
-        step_loss=step_loss, ema_decay=ema_decay, seed=seed, output_dir=output_dir, log=log,
-        log_every=log_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, export=export,
+    schedule = dict(
+        lrs=[learning_rate, text_learning_rate], warmup_steps=warmup_steps, ema_decay=ema_decay, seed=seed,
+        output_dir=output_dir, log=log, log_every=log_every, checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
     )  # fmt: skip
+    trained = _train("unet", denoiser, ema, steps=steps, step_loss=step_loss, export=exporter(ema), **schedule)
+    if refine_steps:
+        # Stage 3: the refinement, from the denoiser's averaged weights (refinements of an older denoiser are stale).
+        if trained:
+            for path in _checkpoints(output_dir, "refine"):
+                path.unlink()
+        denoiser.load_state_dict(ema.state_dict())
+        ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
+        middle = partial(torch.randint, refine_min_t, refine_max_t + 1, (batch_size,))
+        refine_loss = partial(step_loss, stream=_REFINE_SEED, draw_timesteps=lambda g: middle(generator=g))
+        _train("refine", denoiser, ema, steps=refine_steps, step_loss=refine_loss, export=exporter(ema), **schedule)
     if frame_order:
         frame_order.remove()
-    export()
+    exporter(ema)()
     log(f"done in {_clock(time.time() - started)} (this call); pipeline in {output_dir}")
     return output_dir
 
@@ -332,7 +379,8 @@ def _train(stage, model, ema, *, steps, lrs, warmup_steps, step_loss, ema_decay,
            log_every, checkpoint_every, keep_checkpoints, export, decay_from=None):  # fmt: skip
     """One stage's loop: AdamW (one parameter group per child of a ModuleDict, rates `lrs`), see `lr_scale`.
 
-    Resumes from the stage's latest checkpoint; a stage already at `steps` returns at once.
+    Resumes from the stage's latest checkpoint; a stage already at `steps` returns at once. Returns whether it
+    trained any step.
     """
     groups = list(model.values()) if isinstance(model, torch.nn.ModuleDict) else [model]
     optimizer = torch.optim.AdamW(
@@ -346,7 +394,7 @@ def _train(stage, model, ema, *, steps, lrs, warmup_steps, step_loss, ema_decay,
     if start >= steps:
         if export is not None and start == steps and not (output_dir / "model_index.json").is_file():
             export()
-        return
+        return False
     model.train()
     losses, tick = [], time.time()
     log(f"{stage}: training steps {start + 1} to {steps}")
@@ -375,6 +423,7 @@ def _train(stage, model, ema, *, steps, lrs, warmup_steps, step_loss, ema_decay,
                 export()
             log(f"{stage}: checkpoint {path.name}")
     model.eval()
+    return True
 
 
 # Checkpoints: one safetensors file per (stage, step), written to a temporary name and moved into place.

@@ -84,7 +84,8 @@ def test_pretraining_sees_only_the_pretraining_world():
     assert len(set(combos)) == len(toyworld.valid_pairs()) * len(toyworld.COLORS) * len(toyworld.BACKGROUNDS)
 
 
-_TINY_RUN = dict(vae_steps=2, batch_size=2, vae_batch_size=2, pool_size=4, log_every=1, checkpoint_every=2)
+_TINY_RUN = dict(vae_steps=2, refine_steps=2, batch_size=2, vae_batch_size=2, pool_size=4, log_every=1,
+                 checkpoint_every=2)
 
 
 def test_pretrain_checkpoints_resumes_and_matches_an_uninterrupted_run(tmp_path):
@@ -93,11 +94,15 @@ def test_pretrain_checkpoints_resumes_and_matches_an_uninterrupted_run(tmp_path)
     interrupted = tmp_path / "interrupted"
     toyworld.pretrain(interrupted, steps=2, **_TINY_RUN)
     checkpoints = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
-    assert checkpoints == ["unet-0000002.safetensors", "vae-0000002.safetensors"]
+    assert checkpoints == ["refine-0000002.safetensors", "unet-0000002.safetensors", "vae-0000002.safetensors"]
     assert not list(interrupted.rglob("*.tmp*"))
-    toyworld.pretrain(interrupted, steps=3, **_TINY_RUN)
+    toyworld.pretrain(interrupted, steps=3, **_TINY_RUN)  # the denoiser trains on: its old refinement is stale
     log = (interrupted / "log.txt").read_text()
     assert "vae: resumed from vae-0000002" in log and "unet: resumed from unet-0000002" in log
+    assert "refine: resumed" not in log and log.count("refine: training steps 1 to 2") == 2
+    toyworld.pretrain(interrupted, steps=3, **{**_TINY_RUN, "refine_steps": 3})  # a longer refinement resumes
+    assert "refine: resumed from refine-0000002" in (interrupted / "log.txt").read_text()
+    toyworld.pretrain(straight, steps=3, **{**_TINY_RUN, "refine_steps": 3})
 
     weights = "unet/diffusion_pytorch_model.safetensors"
     a, b = load_file(straight / weights), load_file(interrupted / weights)
@@ -147,6 +152,7 @@ def test_temporal_conv_init_identity_is_diffusers_and_random_is_not():
     ("option", "match"),
     [({"timestep_sampling": "late"}, "timestep_sampling 'late' is unknown"),
      ({"temporal_conv_init": "zeros"}, "temporal_conv_init must be"),
+     ({"refine_min_t": 900, "refine_max_t": 100}, "refine_min_t <= refine_max_t"),
      pytest.param({"device": "cuda"}, "torch sees no GPU", marks=pytest.mark.skipif(torch.cuda.is_available(),
                                                                                    reason="this machine has a GPU"))],
 )  # fmt: skip
