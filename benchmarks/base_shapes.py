@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from motion_adapter import toyworld
+from motion_adapter.toyworld.pretrain import encode_clips
 from motion_adapter.toyworld.sampling import quality_prompts
 from motion_adapter.toyworld.world import SHAPES, caption, parse_caption
 
@@ -40,14 +41,6 @@ CLIPS = 32
 def other_shape(prompt: str) -> str:
     shape, color, motion = parse_caption(prompt)
     return caption(SHAPES[(SHAPES.index(shape) + 1) % len(SHAPES)], color, motion)
-
-
-def encode(vae, clips) -> torch.Tensor:
-    """The clips' scaled latent means: (clips, 4, frames, 8, 8)."""
-    frames = torch.from_numpy(np.concatenate(clips)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    with torch.no_grad():
-        latents = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
-    return latents.reshape(len(clips), -1, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
 @torch.no_grad()
@@ -80,7 +73,8 @@ def main(argv=None) -> None:
     started = time.time()
     pipe = toyworld.load_pipeline(args.weights)
     prompts = quality_prompts(CLIPS)
-    latents = encode(pipe.vae, [toyworld.render(*parse_caption(p), seed=500 + i) for i, p in enumerate(prompts)])
+    clips = [toyworld.render(*parse_caption(p), seed=500 + i) for i, p in enumerate(prompts)]
+    latents = encode_clips(pipe.vae, clips) * pipe.vae.config.scaling_factor
     asked = {"prompt": prompts, "other shape": [other_shape(p) for p in prompts], "empty": [""] * CLIPS}
     print("| strength | prompt: shape right | other shape: follows the word | empty: keeps the clip's shape |")
     print("|---:|---:|---:|---:|")

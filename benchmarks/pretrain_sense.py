@@ -16,7 +16,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
 import torch
 
 from motion_adapter import toyworld
@@ -32,9 +31,7 @@ def two_motion_pool(vae):
     """The encoded clips (n, 4, frames, 8, 8), scaled to unit spread as pretraining scales its pool, and captions."""
     motions = ["left", "right"] * (CLIPS // 2)
     clips = [toyworld.render("square", "red", m, seed=i, background="black") for i, m in enumerate(motions)]
-    with torch.no_grad():
-        z = vae.encode(pretrain._to_unit(np.concatenate(clips))).latent_dist.mean
-    z = z.reshape(CLIPS, toyworld.NUM_FRAMES, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+    z = pretrain.encode_clips(vae, clips)
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
     return z * vae.config.scaling_factor, [f"a red square moving {m}" for m in motions]
 

@@ -184,7 +184,8 @@ def pretrain(
         raise ValueError(f"temporal_conv_init must be 'identity' or 'random', got {temporal_conv_init!r}")
     if timestep_sampling not in MODES:
         raise ValueError(f"timestep_sampling {timestep_sampling!r} is unknown; choose one of {', '.join(MODES)}")
-    timesteps = build_scheduler().config.num_train_timesteps
+    tokenizer, scheduler = build_tokenizer(), build_scheduler()
+    timesteps = scheduler.config.num_train_timesteps
     if refine_steps < 0 or not 0 <= refine_min_t <= refine_max_t < timesteps:
         raise ValueError(
             f"refine_steps must be 0 or more and 0 <= refine_min_t <= refine_max_t < {timesteps}, "
@@ -204,7 +205,6 @@ def pretrain(
             path.unlink()
         (output_dir / _LATENTS).unlink(missing_ok=True)
     started = time.time()
-    tokenizer, scheduler = build_tokenizer(), build_scheduler()
 
     # Stage 1: the VAE.
     vae = _seeded(build_vae, seed).to(device)
@@ -230,7 +230,7 @@ def pretrain(
     ema.eval().requires_grad_(False)
     frame_order = _FrameOrder(unet) if frame_order_weight else None
 
-    def step_loss(step, stream=0, draw_timesteps=None):
+    def step_loss(step, stream, draw_timesteps):
         draw = seed * _STEP_SEED + stream + step
         generator = torch.Generator().manual_seed(draw)  # on the CPU, whatever the device
         torch.manual_seed(draw)  # the UNet's dropout
@@ -241,10 +241,7 @@ def pretrain(
         ids = captions[pick, which]  # (b, MAX_TOKENS): full caption, caption without colour, or ""
         clean = latents[pick]  # (b, 4, frames, 8, 8)
         noise = torch.randn(clean.shape, generator=generator).to(device)
-        if draw_timesteps is None:
-            t = sample_timesteps(batch_size, timesteps, timestep_sampling, generator=generator)
-        else:
-            t = draw_timesteps(generator)
+        t = draw_timesteps(generator=generator)
         loss = velocity_loss(unet, scheduler, clean, noise, t.to(device), text_encoder(ids)[0])
         return loss + frame_order_weight * frame_order.loss() if frame_order else loss
 
@@ -256,7 +253,9 @@ def pretrain(
         output_dir=output_dir, log=log, log_every=log_every, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
     )  # fmt: skip
-    trained = _train("unet", denoiser, ema, steps=steps, step_loss=step_loss, export=exporter(ema), **schedule)
+    denoiser_loss = partial(step_loss, stream=0,
+                            draw_timesteps=partial(sample_timesteps, batch_size, timesteps, timestep_sampling))
+    trained = _train("unet", denoiser, ema, steps=steps, step_loss=denoiser_loss, export=exporter(ema), **schedule)
     if refine_steps:
         # Stage 3: the refinement, from the denoiser's averaged weights (refinements of an older denoiser are stale).
         if trained:
@@ -265,7 +264,7 @@ def pretrain(
         denoiser.load_state_dict(ema.state_dict())
         ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
         middle = partial(torch.randint, refine_min_t, refine_max_t + 1, (batch_size,))
-        refine_loss = partial(step_loss, stream=_REFINE_SEED, draw_timesteps=lambda g: middle(generator=g))
+        refine_loss = partial(step_loss, stream=_REFINE_SEED, draw_timesteps=middle)
         _train("refine", denoiser, ema, steps=refine_steps, step_loss=refine_loss, export=exporter(ema), **schedule)
     if frame_order:
         frame_order.remove()
@@ -516,6 +515,14 @@ def _to_unit(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def encode_clips(vae, clips, device=None) -> torch.Tensor:
+    """uint8 clips (frames, h, w, 3) -> the VAE's unscaled latent means (clips, 4, frames, h / 4, w / 4), on the CPU."""
+    frames = _to_unit(np.concatenate(clips))  # (clips * frames, 3, h, w)
+    with torch.no_grad():
+        z = vae.encode(frames.to(device or vae.device)).latent_dist.mean.cpu()  # (clips * frames, 4, h / 4, w / 4)
+    return z.reshape(len(clips), -1, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
 def _frame_batch(seed: int, step: int, size: int) -> torch.Tensor:
     """`size` single frames of pretraining shapes and colours at random poses: (size, 3, 32, 32) in [-1, 1].
 
@@ -556,16 +563,12 @@ def _latent_pool(vae, seed, pool_size, output_dir, log, device):
             return latents, pool
     tick = time.time()
     chunks = []
-    with torch.no_grad():
-        for start in range(0, len(pool), 32):
-            clips = [
-                render(s, c, m, seed=seed * 100_000 + start + i, background=b)
-                for i, (s, c, m, b) in enumerate(pool[start : start + 32])
-            ]
-            frames = _to_unit(np.concatenate(clips))  # (clips * frames, 3, h, w)
-            z = vae.encode(frames.to(device)).latent_dist.mean.cpu()  # (clips * frames, 4, 8, 8)
-            z = z.reshape(len(clips), -1, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # -> (clips, 4, frames, 8, 8)
-            chunks.append(z)
+    for start in range(0, len(pool), 32):
+        clips = [
+            render(s, c, m, seed=seed * 100_000 + start + i, background=b)
+            for i, (s, c, m, b) in enumerate(pool[start : start + 32])
+        ]
+        chunks.append(encode_clips(vae, clips, device))
     latents = torch.cat(chunks)
     atomic_save_tensors({"latents": latents.contiguous()}, path)
     log(f"pool: {len(pool)} clips encoded in {_clock(time.time() - tick)}")
@@ -586,4 +589,4 @@ def _caption_ids(tokenizer, combos) -> torch.Tensor:
     return torch.stack([full, plain, empty], dim=1)
 
 
-__all__ = ["pretrain", "velocity_loss"]
+__all__ = ["encode_clips", "pretrain", "velocity_loss"]
