@@ -21,6 +21,7 @@ TUNINGS = ("lora", "full")
 REG_SOURCES = ("real", "generated")
 LATENT_CACHES = ("memory", "disk", "off")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 DEFAULT_LEARNING_RATES = {"lora": 1e-4, "full": 5e-6}  # full: the paper's; LoRA needs a far larger step
 
 
@@ -61,6 +62,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _field(False, "recompute activations in the backward pass to save memory")
     gradient_accumulation_steps: int = _field(1, "micro-steps per optimizer step")
     warmup_steps: int = _field(0, "linear learning-rate warm-up steps")
+    lr_schedule: str = _field("constant", "after the warm-up: constant (the paper's) or cosine (decays to 0 at the end)")
     weight_decay: float = _field(0.01, "AdamW weight decay")
     max_grad_norm: float = _field(1.0, "gradient clipping norm")
     use_8bit_adam: str = _field("auto", "auto: 8-bit AdamW when bitsandbytes and a GPU are present; yes; no")
@@ -94,6 +96,7 @@ class TrainConfig:
             ("{token}" in self.caption_template, "caption_template must contain {token}"),
             (self.latent_cache in LATENT_CACHES, f"latent_cache must be one of {', '.join(LATENT_CACHES)}"),
             (self.mixed_precision in MIXED_PRECISIONS, f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (self.warmup_steps >= 0 and self.checkpoint_every >= 0 and self.validation_every >= 0,
              "warmup_steps, checkpoint_every, validation_every must be >= 0"),
@@ -110,6 +113,15 @@ class TrainConfig:
     def lr(self) -> float:
         """The learning rate in effect: the given one, or the tuning's default."""
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.tuning]
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate's multiplier at optimizer step `step` (from 0): linear warm-up, then the schedule."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, self.max_train_steps - self.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     @property
     def lora_alpha(self) -> float:
@@ -131,5 +143,5 @@ class TrainConfig:
     def resume_key(self) -> dict:
         """The fields a checkpoint must agree on to be resumed (what shapes the trained tensors and the data)."""
         keys = ("preset", "tuning", "rank", "alpha", "num_frames", "height", "width", "seed", "timestep_sampling",
-                "reg_weight", "learning_rate", "gradient_accumulation_steps")
+                "reg_weight", "learning_rate", "lr_schedule", "gradient_accumulation_steps")
         return {key: getattr(self, key) for key in keys}

@@ -201,10 +201,9 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
     if embedding is not None:
         groups.append({"params": [embedding], "weight_decay": 0.0})
     optimizer = _optimizer(config, groups)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-    )
-    trained_unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    # not given to accelerate, which would step it once per process: the schedule counts optimizer steps
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
+    trained_unet, optimizer = accelerator.prepare(unet, optimizer)
     trained_text = accelerator.prepare(text_encoder) if embedding is not None else text_encoder
 
     # 3. text embeddings of captions without learned tokens never change: encode them once
@@ -264,7 +263,8 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(all_params, config.max_grad_norm)
             optimizer.step()
-            lr_scheduler.step()
+            if accelerator.sync_gradients:
+                lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
             continue

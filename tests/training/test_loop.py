@@ -1,5 +1,6 @@
 """The training loop on the tiny pipeline, with clips the tests write themselves."""
 
+import json
 
 import numpy as np
 import pytest
@@ -241,6 +242,16 @@ def test_token_split_into_many_pieces_warns(pipe, clips, tmp_path):
                         config=tiny_config(caption_template="a person doing the {token}"))
 
 
+def test_learning_rate_schedules():
+    constant = TrainConfig(max_train_steps=10, warmup_steps=4)
+    assert [constant.lr_factor(k) for k in (0, 3, 4, 9)] == [0.25, 1.0, 1.0, 1.0]
+    cosine = constant.replace(lr_schedule="cosine")
+    assert [cosine.lr_factor(k) for k in (0, 3, 4, 7)] == pytest.approx([0.25, 1.0, 1.0, 0.5])
+    assert 0 < cosine.lr_factor(9) < 0.1 and cosine.lr_factor(10) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="lr_schedule must be one of constant, cosine"):
+        TrainConfig(lr_schedule="linear")
+
+
 def test_config_checks_and_toml(tmp_path):
     with pytest.raises(ValueError, match="timestep_sampling"):
         TrainConfig(timestep_sampling="coarser")
@@ -271,11 +282,13 @@ def test_two_processes_under_accelerate_launch(tmp_path):
                str(clips), str(tmp_path / "out")]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    marks = sorted(p.name for p in tmp_path.glob("process-*.txt"))
-    assert marks == ["process-0-of-2.txt", "process-1-of-2.txt"]
-    first, second = (float((tmp_path / name).read_text()) for name in marks)
-    assert first == pytest.approx(second, abs=1e-6)  # the two processes stayed in step
-    assert ma.inspect(tmp_path / "out").training["steps"] == 3
+    marks = sorted(p.name for p in tmp_path.glob("process-*.json"))
+    assert marks == ["process-0-of-2.json", "process-1-of-2.json"]
+    first, second = (json.loads((tmp_path / name).read_text()) for name in marks)
+    assert first["checksum"] == pytest.approx(second["checksum"], abs=1e-6)  # the two processes stayed in step
+    # warm-up over 2 steps, then cosine over the other 2, one schedule step per optimizer step in each process
+    assert first["rates"] == second["rates"] == pytest.approx([0.5e-4, 1e-4, 1e-4, 0.5e-4])
+    assert ma.inspect(tmp_path / "out").training["steps"] == 4
     testing.tiny_pipeline().load_motion_adapter(tmp_path / "out")
 
 

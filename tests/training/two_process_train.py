@@ -1,8 +1,11 @@
 """Run by test_two_processes under `accelerate launch --num_processes 2`: train on the tiny pipeline.
 
-Each process writes what it ended with (its rank, and a checksum of its LoRA tensors) next to the output, so
-the test can check that both took part and stayed in step (gradients averaged across processes).
+Each process writes what it ended with (its rank, a checksum of its LoRA tensors, the learning rate of each
+optimizer step) next to the output, so the test can check that both took part and stayed in step (gradients
+averaged across processes, the learning-rate schedule advancing once per step).
 """
+
+import json
 
 import sys
 from pathlib import Path
@@ -17,8 +20,14 @@ from motion_adapter.adapter import get_state
 clips, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
 torch.set_num_threads(1)
 pipe = testing.tiny_pipeline()
-config = ma.TrainConfig(max_train_steps=3, num_frames=4, height=16, width=16, rank=4)
+config = ma.TrainConfig(max_train_steps=4, num_frames=4, height=16, width=16, rank=4, warmup_steps=2,
+                        lr_schedule="cosine")
+rates = []
+adamw_step = torch.optim.AdamW.step
+torch.optim.AdamW.step = lambda self, *a, **k: rates.append(self.param_groups[0]["lr"]) or adamw_step(self, *a, **k)
 ma.train_motion(pipe, data=clips, token="pll", output_dir=output_dir, config=config)
 state = PartialState()
-checksum = sum(pair.up.double().sum().item() + pair.down.double().sum().item() for pair in get_state(pipe.unet, "pll").values())
-(output_dir.parent / f"process-{state.process_index}-of-{state.num_processes}.txt").write_text(f"{checksum:.10f}")
+lora = get_state(pipe.unet, "pll").values()
+checksum = sum(pair.up.double().sum().item() + pair.down.double().sum().item() for pair in lora)
+mark = output_dir.parent / f"process-{state.process_index}-of-{state.num_processes}.json"
+mark.write_text(json.dumps({"checksum": checksum, "rates": rates}))
