@@ -216,7 +216,7 @@ def _write_gif(path: Path, frames: np.ndarray, *, fps: float) -> None:
             image = Image.fromarray(frame).quantize(256)
             rgb = np.asarray(image.getpalette(), dtype=np.uint8).reshape(-1, 3)
             palette = np.zeros((256, 4), dtype=np.uint8)  # ARGB rows, as PyAV takes them
-            palette[: len(rgb), 0] = 255
+            palette[:, 0] = 255  # opaque, unused rows too: FFmpeg makes an entry with alpha 0 transparent
             palette[: len(rgb), 1:] = rgb
             gif_frame = av.VideoFrame.from_ndarray((np.asarray(image), palette), format="pal8")
             gif_frame.time_base, gif_frame.pts = Fraction(1, 100), int(starts[k])

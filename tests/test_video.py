@@ -49,6 +49,23 @@ def test_gif_round_trip_is_exact_and_keeps_repeated_frames(tmp_path):
     assert Image.open(tmp_path / "clip.gif").info.get("loop") == 0
 
 
+def test_gif_round_trip_is_exact_for_soft_edged_frames(tmp_path):
+    """Frames of a few shades each (anti-aliased edges): every frame comes back as written.
+
+    FFmpeg's GIF encoder makes a palette entry with alpha 0 transparent; unused palette rows must be opaque, or
+    frames whose palette has such a row came back with the shape partly missing.
+    """
+    rows, cols = np.mgrid[0:32, 0:32]
+    clip = []
+    for k in range(8):
+        distance = np.maximum(np.abs(cols - 10 - 2 * k), np.abs(rows - 12)) - 6  # a square of half-side 6
+        cover = np.clip(0.5 - distance / (1 + k % 3), 0, 1)[..., None]  # its soft edge 1 to 3 pixels wide
+        clip.append(np.rint(240 + cover * (np.array([40, 190 - 10 * k, 60]) - 240)).astype(np.uint8))
+    clip = np.stack(clip)
+    frames, _ = read_video(write_video(tmp_path / "soft.gif", clip))
+    np.testing.assert_array_equal(frames, clip)
+
+
 def test_gif_with_merged_frames_is_put_on_an_even_grid(tmp_path):
     clip = moving_square(num_frames=6)
     clip[2] = clip[3] = clip[1]  # Pillow stores frame 1 once, shown for 3 delays
