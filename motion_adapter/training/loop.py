@@ -263,7 +263,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(all_params, config.max_grad_norm)
             optimizer.step()
-            if accelerator.sync_gradients:
+            if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16: an inf skips
                 lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
