@@ -46,8 +46,8 @@ def train_config(**overrides) -> TrainConfig:
     500 steps 50 / 88 / 88%, 800 steps 88 / 79 / 58%, cosine at 3e-3 75 / 67 / 79%; guidance 7 or 10 instead
     of 4 read 33% and 46% (seed 0). Those runs already had the examples' backgrounds taking turns
     (`write_examples`); with backgrounds drawn by seed, 50% and 25% at seeds 0 and 1 (12 clips). On the earlier
-    base: 83 / 75 / 67% (500 steps, 12 clips); zigzag 8% (300 steps: the adapter learns its drift), orbit 58%
-    and 75% (300 steps).
+    base, also with damaged examples: 83 / 75 / 67% (500 steps, 12 clips); zigzag 8% (300 steps: the adapter
+    learns its drift), orbit 58% and 75% (300 steps).
     """
     settings = dict(
         max_train_steps=500,
