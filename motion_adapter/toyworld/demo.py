@@ -41,7 +41,8 @@ def train_config(**overrides) -> TrainConfig:
 
     On the shipped (refined) base, `run_demo` with the bounce at seeds 0 / 1 / 2 (24 new-appearance clips each):
     500 steps at rate 3e-3 read the bounce off 83 / 100 / 83% of the clips (the base: 0%); a cosine schedule at
-    6e-3, 88 / 88 / 79%. Before video.py's GIF fix the demo trained on damaged examples (about a quarter of the
+    6e-3, 88 / 88 / 79%. Other held-out motions (seed 0, 500 steps): spiral 67%, square path 62%, orbit 33%,
+    zigzag 25% (docs/ablation.md). Before video.py's GIF fix the demo trained on damaged examples (about a quarter of the
     frames of its GIFs came back with the shape partly missing) and every setting tried averaged about 75%:
     500 steps 50 / 88 / 88%, 800 steps 88 / 79 / 58%, cosine at 3e-3 75 / 67 / 79%; guidance 7 or 10 instead
     of 4 read 33% and 46% (seed 0). Those runs already had the examples' backgrounds taking turns
