@@ -39,16 +39,16 @@ PICTURE_SCALE = 4  # the side-by-side picture shows each 32-pixel frame at 128 p
 def train_config(**overrides) -> TrainConfig:
     """The TrainConfig this world's demo uses: its clip size and length, and steps that fit a laptop CPU.
 
-    On the shipped (refined) base, `run_demo` with the bounce at seeds 0 / 1 / 2 (24 new-appearance clips each):
-    500 steps at rate 3e-3 read the bounce off 83 / 100 / 83% of the clips (the base: 0%); a cosine schedule at
-    6e-3, 88 / 88 / 79%. Other held-out motions (seed 0, 500 steps): spiral 67%, square path 62%, orbit 33%,
-    zigzag 25% (docs/ablation.md). Before video.py's GIF fix the demo trained on damaged examples (about a quarter of the
-    frames of its GIFs came back with the shape partly missing) and every setting tried averaged about 75%:
-    500 steps 50 / 88 / 88%, 800 steps 88 / 79 / 58%, cosine at 3e-3 75 / 67 / 79%; guidance 7 or 10 instead
-    of 4 read 33% and 46% (seed 0). Those runs already had the examples' backgrounds taking turns
-    (`write_examples`); with backgrounds drawn by seed, 50% and 25% at seeds 0 and 1 (12 clips). On the earlier
-    base, also with damaged examples: 83 / 75 / 67% (500 steps, 12 clips); zigzag 8% (300 steps: the adapter
-    learns its drift), orbit 58% and 75% (300 steps).
+    On the shipped (refined) base, `run_demo` with the bounce at seeds 0 / 1 / 2 (24 new-appearance clips each): 500
+    steps at rate 3e-3 read the bounce off 83 / 100 / 83% of the clips (the base: 0%); a cosine schedule at 6e-3, 88
+    / 88 / 79%. Other held-out motions (seed 0, 500 steps): spiral 67%, square path 62%, orbit 33%, zigzag 25%
+    (docs/ablation.md). Before video.py's GIF fix the demo trained on damaged examples (about a quarter of the
+    frames of its GIFs came back with the shape partly missing) and every setting tried averaged about 75%: 500
+    steps 50 / 88 / 88%, 800 steps 88 / 79 / 58%, cosine at 3e-3 75 / 67 / 79%; guidance 7 or 10 instead of 4 read
+    33% and 46% (seed 0). Those runs already had the examples' backgrounds taking turns (`write_examples`); with
+    backgrounds drawn by seed, 50% and 25% at seeds 0 and 1 (12 clips). On the earlier base, also with damaged
+    examples: 83 / 75 / 67% (500 steps, 12 clips); zigzag 8% (300 steps: the adapter learns its drift), orbit 58%
+    and 75% (300 steps).
     """
     settings = dict(
         max_train_steps=500,
