@@ -22,9 +22,16 @@ torch.set_num_threads(1)
 pipe = testing.tiny_pipeline()
 config = ma.TrainConfig(max_train_steps=4, num_frames=4, height=16, width=16, rank=4, warmup_steps=2,
                         lr_schedule="cosine")
-rates = []
+rates = []  # the learning rate of each optimizer step, as AdamW sees it
 adamw_step = torch.optim.AdamW.step
-torch.optim.AdamW.step = lambda self, *a, **k: rates.append(self.param_groups[0]["lr"]) or adamw_step(self, *a, **k)
+
+
+def recording_step(self, *args, **kwargs):
+    rates.append(self.param_groups[0]["lr"])
+    return adamw_step(self, *args, **kwargs)
+
+
+torch.optim.AdamW.step = recording_step
 ma.train_motion(pipe, data=clips, token="pll", output_dir=output_dir, config=config)
 state = PartialState()
 lora = get_state(pipe.unet, "pll").values()
