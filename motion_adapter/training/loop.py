@@ -1,9 +1,10 @@
 """The training loop: the paper's recipe for motions (`train_motion`) and subjects (`train_subject`), on accelerate.
 
 One loop serves both. Each optimizer step draws one target example (a clip of the motion, or a subject image as a
-one-frame clip with the temporal layers bypassed) and, when a regularization set is given, one regularization
-clip, each with its own noise and timestep:  loss = L(target) + reg_weight * L(reg),  where
-L = || model(x_t, c, t) - target ||^2 and the target follows the scheduler (epsilon, v or sample).
+one-frame clip, the temporal layers bypassed unless `bypass_temporal_on_images` is off) and, when a regularization
+set is given, one regularization clip, each with its own noise and timestep:
+loss = L(target) + reg_weight * L(reg),  where L = || model(x_t, c, t) - target ||^2 and the target follows the
+scheduler (epsilon, v or sample).
 Every step's randomness is seeded by (seed, step, process), so a resumed run repeats an uninterrupted one.
 It runs unchanged under `accelerate launch` with several processes; the main process writes the files.
 """
@@ -107,10 +108,11 @@ def train_subject(
 ) -> TrainResult:
     """Teach `pipe` a subject from still images of `data`, as a new token whose embedding starts from `class_word`.
 
-    Only spatial layers (preset "appearance") and the token's embedding are trained; images are one-frame clips
-    with the temporal layers bypassed. With `motion_data` and `motion_token`, the paper's joint schedule: the motion
-    alone for `config.motion_first_steps` steps, then both, each step drawn from one of the two sets; one adapter
-    ("motion+appearance" layers) carries both tokens.
+    Only spatial layers (preset "appearance") and the token's embedding are trained; images are one-frame clips,
+    with the temporal layers bypassed (`config.bypass_temporal_on_images`: off for a base trained on video from the
+    start, whose spatial layers never ran alone). With `motion_data` and `motion_token`, the paper's joint
+    schedule: the motion alone for `config.motion_first_steps` steps, then both, each step drawn from one of the
+    two sets; one adapter ("motion+appearance" layers) carries both tokens.
     """
     config = config or TrainConfig()
     joint = motion_data is not None
@@ -255,7 +257,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
                 text = encode_text(data.captions[i]).to(weight_dtype)  # (1, tokens, dim)
                 if text_per_frame:
                     text = text.repeat_interleave(frames, dim=0)  # (1, tokens, dim) -> (frames, tokens, dim)
-                with _bypassed(bypass) if data.images else nullcontext():
+                with _bypassed(bypass) if data.images and config.bypass_temporal_on_images else nullcontext():
                     prediction = trained_unet(noisy, t, encoder_hidden_states=text).sample
                 target = _target(noise_scheduler, latents, noise, t)
                 loss = loss + weight * F.mse_loss(prediction.float(), target.float())

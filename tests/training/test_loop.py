@@ -1,6 +1,7 @@
 """The training loop on the tiny pipeline, with clips the tests write themselves."""
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -182,6 +183,21 @@ def test_images_bypass_the_temporal_layers(pipe):
     assert len(seen) == len(blocks)
     for inputs, output in seen:  # each block handed its input on unchanged
         assert torch.equal(inputs, output if isinstance(output, torch.Tensor) else output[0])
+
+
+@pytest.mark.parametrize("bypass", [True, False])
+def test_subject_images_bypass_the_temporal_layers_unless_told_not_to(pipe, tmp_path, monkeypatch, bypass):
+    entered = []
+
+    @contextmanager
+    def counting(blocks):
+        entered.append(len(blocks))
+        yield
+
+    monkeypatch.setattr(loop, "_bypassed", counting)
+    ma.train_subject(pipe, data=write_images(tmp_path / "photos"), token="<sks>", class_word="dog",
+                     output_dir=tmp_path / "out", config=tiny_config(max_train_steps=3, bypass_temporal_on_images=bypass))
+    assert entered == ([len(loop._temporal_blocks(pipe.unet))] * 3 if bypass else [])
 
 
 def test_joint_subject_and_motion_make_one_adapter_with_both_tokens(pipe, clips, tmp_path):
