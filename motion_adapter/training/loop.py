@@ -436,8 +436,8 @@ def _batched_loss(unet, drawn: list[_Drawn], bypass_blocks) -> torch.Tensor:
     """The weighted sum of the examples' losses, examples of one shape and pass denoised in one batch.
 
     The denoiser treats the samples of a batch independently (its norms, attention and temporal layers are per
-    sample), so one call on the batch gives what one call per example gives, at a fraction of the cost on a small
-    model, whose time goes to launching many small operations.
+    sample), so one call on the batch gives what one call per example gives (to rounding), for less: a small
+    model's time goes to launching many small operations (the tiny world: 0.32 s a step against 0.41).
     """
     groups: dict[tuple, list[_Drawn]] = {}
     for d in drawn:
