@@ -200,27 +200,6 @@ def test_subject_images_bypass_the_temporal_layers_unless_told_not_to(pipe, tmp_
     assert entered == ([len(loop._temporal_blocks(pipe.unet))] * 3 if bypass else [])
 
 
-def test_examples_of_one_shape_are_denoised_in_one_call_with_their_own_losses(pipe):
-    torch.manual_seed(0)
-
-    def drawn(frames, t, weight):
-        return loop._Drawn(torch.randn(1, 4, frames, 8, 8), torch.tensor([t]), torch.randn(1, 5, 32),
-                           torch.randn(1, 4, frames, 8, 8), weight, bypass=False)  # fmt: skip
-
-    calls = []
-    handle = pipe.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    with torch.no_grad():
-        clips = [drawn(3, 10, 1.0), drawn(3, 700, 0.5)]
-        batched = loop._batched_loss(pipe.unet, clips, [])
-        assert calls == [2]  # one call for both
-        one_by_one = sum(loop._batched_loss(pipe.unet, [d], []) for d in clips)
-        calls.clear()
-        loop._batched_loss(pipe.unet, [drawn(1, 10, 1.0), drawn(3, 10, 1.0)], [])
-        assert calls == [1, 1]  # an image and a clip: two calls
-    handle.remove()
-    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-6)
-
-
 def test_joint_subject_and_motion_make_one_adapter_with_both_tokens(pipe, clips, tmp_path):
     photos = write_images(tmp_path / "photos")
     result = ma.train_subject(pipe, data=photos, token="<sks>", class_word="dog", output_dir=tmp_path / "out",
