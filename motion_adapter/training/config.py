@@ -73,9 +73,9 @@ class TrainConfig:
     validation_steps: int = _field(25, "denoising steps of the validation samples")
     guidance_scale: float = _field(9.0, "classifier-free guidance of the validation samples")
     motion_first_steps: int = _field(0, "joint subject+motion training: steps on the motion alone before both")
-    bypass_temporal_on_images: bool = _field(True, "subject images skip the temporal layers (the paper's way, for a video "
-                                             "model grown from an image model); False runs them through every layer as "
-                                             "one-frame clips, for a base trained on video from the start")
+    bypass_temporal_on_images: bool = _field(True, "subject images skip the temporal layers (the paper's way, for a "
+                                             "video model grown from an image model); False runs them through every "
+                                             "layer as one-frame clips, for a base trained on video from the start")
     report_to: str | None = _field(None, "accelerate tracker, e.g. tensorboard (logs under output_dir/logs)")
     dtype: str = _field("float16", "storage dtype of the saved adapter: float16, bfloat16, float32")
 

@@ -195,8 +195,9 @@ def test_subject_images_bypass_the_temporal_layers_unless_told_not_to(pipe, tmp_
         yield
 
     monkeypatch.setattr(loop, "_bypassed", counting)
+    config = tiny_config(max_train_steps=3, bypass_temporal_on_images=bypass)
     ma.train_subject(pipe, data=write_images(tmp_path / "photos"), token="<sks>", class_word="dog",
-                     output_dir=tmp_path / "out", config=tiny_config(max_train_steps=3, bypass_temporal_on_images=bypass))
+                     output_dir=tmp_path / "out", config=config)
     assert entered == ([len(loop._temporal_blocks(pipe.unet))] * 3 if bypass else [])
 
 
