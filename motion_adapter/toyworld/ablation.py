@@ -104,9 +104,9 @@ class Variant:
 
 
 GRID = (
-    Variant("temporal", "parameters", "temporal layers", {"preset": "temporal"}),
+    Variant("default", "parameters", "temporal layers (default)"),
+    Variant("motion", "parameters", "temporal + spatial k/v (paper)", {"preset": "motion"}),
     Variant("spatial-kv", "parameters", "spatial cross-attention k/v", {"preset": "spatial-kv"}),
-    Variant("default", "parameters", "temporal + spatial k/v (paper)"),
     Variant("appearance", "parameters", "spatial attention (appearance)", {"preset": "appearance"}),
     Variant("all-attention", "parameters", "temporal + all spatial attention", {"preset": "temporal+appearance"}),
     Variant("uniform", "timesteps", "uniform", {"timestep_sampling": "uniform"}),
@@ -135,7 +135,7 @@ FACTORS = tuple(dict.fromkeys(v.factor for v in GRID))
 # measured cost of a run, see the module docstring.
 FULL = dict(motions=HELD_OUT_MOTIONS, seeds=(0, 1), variants=None, steps=300, prompts_per_run=8, prior_prompts=8)
 QUICK = {**FULL, "motions": ("bounce",), "seeds": (0,), "steps": 200,
-         "variants": ("default", "temporal", "uniform", "reg-none", "examples-1")}  # fmt: skip
+         "variants": ("default", "motion", "uniform", "reg-none", "examples-1")}  # fmt: skip
 
 
 @dataclass
@@ -500,7 +500,8 @@ def _base_prior(s: _Settings, seed: int):
 
 def _composition_seed(s: _Settings, default_run: dict) -> dict:
     """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
-    trained apart and loaded together, then with per-group weights, and trained jointly. {method: scores}."""
+    trained apart and loaded together, then with per-group weights (the same, for a motion adapter on the temporal
+    layers alone), and trained jointly (the motion's layers and the subject's). {method: scores}."""
     motion, seed = default_run["motion"], default_run["seed"]
     folder = s.out / "composition" / f"s{seed}"
     images = _write_subject_images(folder / "subject-images", seed=seed)
@@ -524,8 +525,8 @@ def _composition_seed(s: _Settings, default_run: dict) -> dict:
     joint = config.replace(max_train_steps=2 * s.steps, motion_first_steps=s.steps // 2)
     pipe = _fresh_pipe(s)
     train_subject(pipe, data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD, output_dir=folder / "joint",
-                  config=joint, motion_data=folder / "examples", motion_token=TOKEN,
-                  reg_data=folder / "regularization")  # fmt: skip
+                  config=joint, preset=f"{config.preset}+appearance", motion_data=folder / "examples",
+                  motion_token=TOKEN, reg_data=folder / "regularization")  # fmt: skip
     scores["joint"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "joint.png")
     return scores
 

@@ -37,9 +37,9 @@ def test_the_grid_changes_one_factor_at_a_time():
 
 
 def test_select_grid_keeps_the_default_row_of_each_chosen_factor():
-    rows = ablation.select_grid(["temporal", "uniform"])
+    rows = ablation.select_grid(["motion", "uniform"])
     assert [(v.factor, v.name) for v in rows] == [
-        ("parameters", "temporal"), ("parameters", "default"), ("timesteps", "uniform"), ("timesteps", "default"),
+        ("parameters", "default"), ("parameters", "motion"), ("timesteps", "uniform"), ("timesteps", "default"),
     ]  # fmt: skip
     assert [v.name for v in ablation.select_grid(["default"])] == ["default"]
     with pytest.raises(ValueError, match="unknown variants"):
@@ -72,7 +72,7 @@ def test_jobs_give_the_same_results_in_worker_processes(tmp_path):
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
-    run = ablation.run_ablation(out, variants=["temporal"], motions=["zigzag"], seeds=[0], steps=2,
+    run = ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=2,
                                 prompts_per_run=2, prior_prompts=2, workers=1)  # fmt: skip
     return out, run
 
@@ -82,7 +82,7 @@ def test_every_output_is_written_and_parses(results):
     out, run = results
     saved = json.loads((out / "runs.json").read_text())
     assert saved["summary"] == run["summary"]
-    assert {r["variant"] for r in saved["runs"]} == {"default", "temporal"}
+    assert {r["variant"] for r in saved["runs"]} == {"default", "motion"}
     for record in saved["runs"]:
         assert 0.0 <= record["motion_accuracy"] <= 1.0 and record["adapter_bytes"] > 0 and record["train_seconds"] > 0
         assert len(record["clips"]) == 2 * ablation.SAMPLES_PER_PROMPT
@@ -109,9 +109,9 @@ def test_a_grid_run_again_reads_its_runs_back_and_remakes_changed_ones(results, 
         raise AssertionError("a recorded run was trained again")
 
     monkeypatch.setattr(ablation, "train_motion", no_training)
-    again = ablation.run_ablation(out, variants=["temporal"], motions=["zigzag"], seeds=[0], steps=2,
+    again = ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=2,
                                   prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
     assert again["runs"] == run["runs"]
     with pytest.raises(AssertionError, match="trained again"):  # other settings: the runs are made again
-        ablation.run_ablation(out, variants=["temporal"], motions=["zigzag"], seeds=[0], steps=3,
+        ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=3,
                               prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
