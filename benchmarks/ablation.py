@@ -2,7 +2,7 @@
 plot.png in --out. The full grid takes about 3 h 45 min on 2 CPU cores (estimated from a one-motion run of
 57 minutes: `--motions bounce --seeds 0 1`, docs/ablation.md), --quick 7 min 49 s.
 
-    python benchmarks/ablation.py [--quick] [--out DIR] [--base PIPELINE_DIR] [--variants default temporal ...]
+    python benchmarks/ablation.py [--quick] [--out DIR] [--base PIPELINE_DIR] [--variants default motion ...]
 """
 
 import argparse

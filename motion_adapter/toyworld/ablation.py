@@ -24,8 +24,8 @@ scoring its 24 clips about 25 s more. The full grid (`FULL`: 188 trainings over 
 3 h 45 min there, over its 2-hour budget; 100 steps would fit, but learned next to nothing (at most 12% in 14
 runs on the zigzag and the orbit, in a grid stopped early).
 `QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 7 min 49 s with two
-workers. docs/ablation.md has a run on two motions (the orbit's 36 trainings, two compressed scorings and the
-composition took 2,337 s, the bounce's runs read back from an earlier run), its table and reading.
+workers. docs/ablation.md has a run on two motions (76 trainings, the sweeps' and the composition's among them,
+and two compressed scorings took 4,150 s; eight runs read back from an earlier run), its table and reading.
 """
 
 import dataclasses

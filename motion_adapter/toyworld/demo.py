@@ -41,8 +41,8 @@ def train_config(**overrides) -> TrainConfig:
     the temporal layers alone.
 
     The temporal layers alone (`preset="temporal"`) rather than the paper's temporal layers + spatial cross-attention
-    k/v: on this base they read the held-out motions better, ahead in 16 of 24 paired runs (same motion and seed, the
-    demo's and the ablation grid's; 6 behind) by 11 points on average, 66% against 55% (docs/ablation.md). With
+    k/v: on this base they read the held-out motions better, ahead in 16 of 25 paired runs (same motion and seed, the
+    demo's and the ablation grid's; 7 behind, 2 even) by 11 points on average, 66% against 56% (docs/ablation.md). With
     them, `run_demo` at 500 steps, rate 3e-3, read the bounce off 92 / 92 / 96 / 96% of 24 new-appearance clips at
     seeds 0 to 3 (the base: 0%); with the paper's preset 83 / 100 / 83 / 83%.
 
