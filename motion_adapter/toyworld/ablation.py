@@ -104,7 +104,7 @@ class Variant:
 
 
 GRID = (
-    Variant("default", "parameters", "temporal layers (default)"),
+    Variant("default", "parameters", "{preset} layers (default)"),
     Variant("motion", "parameters", "temporal + spatial k/v (paper)", {"preset": "motion"}),
     Variant("spatial-kv", "parameters", "spatial cross-attention k/v", {"preset": "spatial-kv"}),
     Variant("appearance", "parameters", "spatial attention (appearance)", {"preset": "appearance"}),
