@@ -11,10 +11,10 @@ composition of a subject ("sks", a star the base never saw, learned from still i
 trained apart and loaded together, with and without per-group weights, against the paper's joint training.
 
 Outputs in output_dir: runs.json (every run, the sweeps, the composition), table.md (the paper's layout:
-accuracy / copy per variant, grouped by factor) and plot.png (one panel per factor); each run's folder keeps
-its examples, adapter, a picture of its first samples with what the evaluator read off them, and its record
-(run.json). Run again into the same folder, the grid reads back every run recorded there with the same base and
-settings and makes only the others: an interrupted grid resumes.
+accuracy / copy per variant, grouped by factor; then each variant's accuracy per motion) and plot.png (one panel
+per factor); each run's folder keeps its examples, adapter, a picture of its first samples with what the
+evaluator read off them, and its record (run.json). Run again into the same folder, the grid reads back every
+run recorded there with the same base and settings and makes only the others: an interrupted grid resumes.
 
 Cost, measured on the 2-core development machine with two workers (one torch thread each): the grid on one
 motion and two seeds at 300 steps (44 trainings, 2 compressed scorings, 2 composition studies) took 3,424 s;
@@ -599,7 +599,8 @@ def _spread(runs: list[dict], keys) -> dict:
 
 
 def summarize(runs: list[dict]) -> dict:
-    """Per variant: mean and spread over motions and seeds of the scores; mean size, time and the learning rate."""
+    """Per variant: mean and spread over motions and seeds of the scores, the mean accuracy of each motion (over
+    seeds: a default must read every motion, not just most); mean size, time and the learning rate."""
     by_variant: dict[str, list[dict]] = {}
     for run in runs:
         by_variant.setdefault(run["variant"], []).append(run)
@@ -607,6 +608,10 @@ def summarize(runs: list[dict]) -> dict:
         name: {
             "runs": len(group),
             **_spread(group, ("motion_accuracy", "copy_score", "prior_preservation", "train_seconds")),
+            "motion_accuracy_by_motion": {
+                motion: float(np.mean([r["motion_accuracy"] for r in group if r["motion"] == motion]))
+                for motion in dict.fromkeys(r["motion"] for r in group)
+            },
             "adapter_bytes": int(np.mean([r["adapter_bytes"] for r in group])),
             "learning_rate": group[0]["learning_rate"],
         }
@@ -632,8 +637,8 @@ def _size(num_bytes: int) -> str:
 
 
 def format_table(results: dict) -> str:
-    """table.md: a row per variant, grouped by factor (accuracy / copy as the paper shows them), then the sweeps
-    and the composition."""
+    """table.md: a row per variant, grouped by factor (accuracy / copy as the paper shows them), then each variant's
+    accuracy per motion, the sweeps and the composition."""
     summary = results["summary"]
     settings = results["settings"]
     lines = [
@@ -657,6 +662,15 @@ def format_table(results: dict) -> str:
             f"{_percent(row['copy_score'])} | {'-' if pp is None else f'{pp:+.1f}'} | {_size(row['adapter_bytes'])} | "
             f"{row['train_seconds']:.0f} s | {row['learning_rate']:g} |"
         )
+    motions = settings["motions"]
+    lines += ["", "Accuracy per held-out motion (percent, mean over seeds):", "",
+              f"| setting | {' | '.join(motions)} |", "|---|" + "---:|" * len(motions)]  # fmt: skip
+    rows = {}  # variant name -> label, each variant once (the default under its own name)
+    for _, name, label in _labels(results):
+        rows.setdefault(name, "default" if name == "default" else label)
+    for name, label in rows.items():
+        by_motion = summary[name]["motion_accuracy_by_motion"]
+        lines.append(f"| {label} | {' | '.join(_percent(by_motion.get(m)) for m in motions)} |")
     if results["lr_sweeps"]:
         lines += ["", "Learning-rate sweeps (one motion and seed; the most accurate rate is used for every run):", "",
                   "| variant | learning rate | accuracy | copy | final loss | chosen |",
