@@ -500,8 +500,10 @@ def _base_prior(s: _Settings, seed: int):
 
 def _composition_seed(s: _Settings, default_run: dict) -> dict:
     """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
-    trained apart and loaded together, then with per-group weights (the same, for a motion adapter on the temporal
-    layers alone), and trained jointly (the motion's layers and the subject's). {method: scores}."""
+    trained apart and loaded together, then with per-group weights, and trained jointly (the motion's layers and the
+    subject's). {method: scores}. A motion adapter on the temporal layers alone has no spatial group to turn off:
+    its per-group weights are all 1.0, the composed pipeline's, so its scores are the composed ones, not sampled
+    twice."""
     motion, seed = default_run["motion"], default_run["seed"]
     folder = s.out / "composition" / f"s{seed}"
     images = _write_subject_images(folder / "subject-images", seed=seed)
@@ -516,9 +518,12 @@ def _composition_seed(s: _Settings, default_run: dict) -> dict:
     unfuse_motion_adapters(pipe)
     weights = [_weight_on(pipe, folder / SUBJECT_TOKEN, temporal=False),
                _weight_on(pipe, default_run["adapter_dir"], temporal=True)]  # fmt: skip
-    set_motion_adapters(pipe, [SUBJECT_TOKEN, TOKEN], weights=weights)
-    scores["separate, per-group weights"] = _score_composition(pipe, motion, seed, s.prompts_per_run,
-                                                              folder / "per-group-weights.png")  # fmt: skip
+    if weights == [1.0, 1.0]:
+        scores["separate, per-group weights"] = scores["separate, composed"]
+    else:
+        set_motion_adapters(pipe, [SUBJECT_TOKEN, TOKEN], weights=weights)
+        scores["separate, per-group weights"] = _score_composition(pipe, motion, seed, s.prompts_per_run,
+                                                                  folder / "per-group-weights.png")  # fmt: skip
 
     write_examples(folder / "examples", motion, seed=seed)
     write_regularization(folder / "regularization", seed=seed)
