@@ -13,8 +13,9 @@ trained apart and loaded together, with and without per-group weights, against t
 Outputs in output_dir: runs.json (every run, the sweeps, the composition), table.md (the paper's layout:
 accuracy / copy per variant, grouped by factor; then each variant's accuracy per motion) and plot.png (one panel
 per factor); each run's folder keeps its examples, adapter, a picture of its first samples with what the
-evaluator read off them, and its record (run.json). Run again into the same folder, the grid reads back every
-run recorded there with the same base and settings and makes only the others: an interrupted grid resumes.
+evaluator read off them, and its record (run.json; composition.json for a composition study). Run again into the
+same folder, the grid reads back every run and study recorded there with the same base and settings and makes
+only the others: an interrupted grid resumes.
 
 Cost, measured on the 2-core development machine with two workers (one torch thread each): the grid on one
 motion and two seeds at 300 steps (44 trainings, 2 compressed scorings, 2 composition studies) took 3,424 s;
@@ -499,13 +500,20 @@ def _base_prior(s: _Settings, seed: int):
 
 
 def _composition_seed(s: _Settings, default_run: dict) -> dict:
+    """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back."""
+    folder = s.out / "composition" / f"s{default_run['seed']}"
+    identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
+                "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE]}  # fmt: skip
+    return _recorded(folder / "composition.json", identity, partial(_composition_seed_now, s, default_run, folder))
+
+
+def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict:
     """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
     trained apart and loaded together, then with per-group weights, and trained jointly (the motion's layers and the
     subject's). {method: scores}. A motion adapter on the temporal layers alone has no spatial group to turn off:
     its per-group weights are all 1.0, the composed pipeline's, so its scores are the composed ones, not sampled
     twice."""
     motion, seed = default_run["motion"], default_run["seed"]
-    folder = s.out / "composition" / f"s{seed}"
     images = _write_subject_images(folder / "subject-images", seed=seed)
     config = _config(s, GRID_DEFAULT, seed=seed, learning_rate=None)
     train_subject(_fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,

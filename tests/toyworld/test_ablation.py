@@ -113,9 +113,10 @@ def test_a_grid_run_again_reads_its_runs_back_and_remakes_changed_ones(results, 
         raise AssertionError("a recorded run was trained again")
 
     monkeypatch.setattr(ablation, "train_motion", no_training)
+    monkeypatch.setattr(ablation, "train_subject", no_training)
     again = ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=2,
-                                  prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
-    assert again["runs"] == run["runs"]
+                                  prompts_per_run=2, prior_prompts=2, workers=1)  # fmt: skip
+    assert again["runs"] == run["runs"] and again["composition"] == run["composition"]
     with pytest.raises(AssertionError, match="trained again"):  # other settings: the runs are made again
         ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=3,
                               prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
