@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 import motion_adapter as ma
 from motion_adapter.cli import build_parser, main
 from motion_adapter.training.config import TrainConfig

@@ -3,7 +3,6 @@
 import importlib.util
 from pathlib import Path
 
-
 import motion_adapter as ma
 from motion_adapter import testing
 from motion_adapter.video import read_video

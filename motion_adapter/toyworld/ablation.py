@@ -64,9 +64,9 @@ from .demo import (
     INFERENCE_STEPS,
     NEW_APPEARANCES,
     TOKEN,
-    write_metadata,
     train_config,
     write_examples,
+    write_metadata,
     write_regularization,
 )
 from .evaluate import evaluate, prior_preservation

@@ -6,7 +6,6 @@ averaged across processes, the learning-rate schedule advancing once per step).
 """
 
 import json
-
 import sys
 from pathlib import Path
 
