@@ -47,7 +47,10 @@ def main(argv=None):
     unet = full_size_unet()
     folder = Path(tempfile.mkdtemp())
     print(f"UNet3DConditionModel(): {sum(p.numel() for p in unet.parameters()) / 1e6:.0f} M parameters, fp16\n")
-    print("| rank | modules | LoRA params | file (fp16) | safetensors read | peft wrappers | load_motion_adapter | ratio |")
+    print(
+        "| rank | modules | LoRA params | file (fp16) | safetensors read | peft wrappers "
+        "| load_motion_adapter | ratio |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for rank in args.ranks:
         spec = ma.add_motion_adapter(unet, "bench", rank=rank, alpha=rank, token="pll", trainable=False)

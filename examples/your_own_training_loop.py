@@ -42,7 +42,9 @@ def main(argv=None):
         multiple_of=pipe.vae_scale_factor,
     )
     with torch.no_grad():  # the VAE and text encoder are frozen: encode once
-        latents = [pipe.vae.encode(c.frames.to(device)).latent_dist.mean * pipe.vae.config.scaling_factor for c in clips]
+        latents = [
+            pipe.vae.encode(c.frames.to(device)).latent_dist.mean * pipe.vae.config.scaling_factor for c in clips
+        ]
         texts = [pipe.encode_prompt(c.caption, device, 1, False)[0] for c in clips]
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)

@@ -26,7 +26,9 @@ def _inspect(args) -> int:
     from .hub import resolve_source
 
     info = read_info(resolve_source(args.source, revision=args.revision))
-    print(json.dumps({**info.header(), "file_bytes": info.file_bytes, "path": info.path}, indent=2) if args.json else info)
+    print(
+        json.dumps({**info.header(), "file_bytes": info.file_bytes, "path": info.path}, indent=2) if args.json else info
+    )
     return 0
 
 
@@ -38,7 +40,9 @@ def _train(args) -> int:
         _load_base(args.base), data=args.data, token=args.token, output_dir=args.output_dir, reg_data=args.reg_data,
         config=_config(args),
     )  # fmt: skip
-    print(f"wrote {result.adapter_dir} ({result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
+    print(
+        f"wrote {result.adapter_dir} ({result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s)"
+    )
     return 0
 
 
@@ -51,7 +55,9 @@ def _train_subject(args) -> int:
         output_dir=args.output_dir, config=_config(args), preset=args.subject_preset, motion_data=args.motion_data,
         motion_token=args.motion_token, reg_data=args.reg_data,
     )  # fmt: skip
-    print(f"wrote {result.adapter_dir} ({result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s)")
+    print(
+        f"wrote {result.adapter_dir} ({result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s)"
+    )
     return 0
 
 
@@ -187,7 +193,9 @@ def _plain_type(annotation):
 def _config(args):
     from .training.config import TrainConfig
 
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None
+    }
     return TrainConfig.from_toml(args.config, **given) if args.config else TrainConfig(**given)
 
 

@@ -84,7 +84,10 @@ class AdapterInfo:
             ("tokens", ", ".join(self.tokens) or "-"),
             ("learned tokens", ", ".join(self.learned_tokens) or "-"),
             ("prompt template", self.prompt_template or "-"),
-            ("base model", f"{self.base_model or '-'} ({self.base_class or '?'}, fingerprint {self.fingerprint or '?'})"),
+            (
+                "base model",
+                f"{self.base_model or '-'} ({self.base_class or '?'}, fingerprint {self.fingerprint or '?'})",
+            ),
             ("preset", self.preset or "-"),
             ("rank / alpha", f"{self.rank} / {self.alpha:g}"),
             ("parameters", f"{self.num_params:,}"),
@@ -201,7 +204,9 @@ def adapter_files(path: str | os.PathLike) -> tuple[Path, Path | None]:
         )
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise AdapterFormatError(f"{path} is not a .safetensors file; an adapter is a folder or a .safetensors file")
+            raise AdapterFormatError(
+                f"{path} is not a .safetensors file; an adapter is a folder or a .safetensors file"
+            )
         return path, None
     if not path.is_dir():
         raise FileNotFoundError(f"no adapter at {path}")
@@ -242,7 +247,9 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     weights, embeddings_file = adapter_files(path)
     metadata, _ = _read_header(weights)
     tensors = _read_tensors(weights)
-    embeddings = {k.removeprefix(EMBEDDING_KEY_PREFIX): v for k, v in tensors.items() if k.startswith(EMBEDDING_KEY_PREFIX)}
+    embeddings = {
+        k.removeprefix(EMBEDDING_KEY_PREFIX): v for k, v in tensors.items() if k.startswith(EMBEDDING_KEY_PREFIX)
+    }
     if embeddings_file is not None:
         embeddings.update(_read_tensors(embeddings_file))
     lora = {k: v for k, v in tensors.items() if not k.startswith(EMBEDDING_KEY_PREFIX)}
@@ -266,7 +273,9 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         )
     for token, row in embeddings.items():
         if row.ndim != 1:
-            raise AdapterFormatError(f"{path}: the embedding of token {token!r} has shape {tuple(row.shape)}, not (dim,)")
+            raise AdapterFormatError(
+                f"{path}: the embedding of token {token!r} has shape {tuple(row.shape)}, not (dim,)"
+            )
     return AdapterFile(info=info, modules=modules, embeddings=embeddings)
 
 
@@ -340,7 +349,8 @@ def _diffusers_config(metadata: dict[str, str]) -> dict:
 
 
 def _alpha_lookup(file: Path, metadata: dict[str, str]):
-    """A function (module, rank) -> alpha: the header's pattern or global alpha; a file without one gets alpha = rank."""
+    """A function (module, rank) -> alpha: the header's pattern or global alpha; a file without one gets
+    alpha = rank."""
     header = _header(file, metadata)
     config = _diffusers_config(metadata)
     pattern = config.get("alpha_pattern") or {}
@@ -378,7 +388,9 @@ def _parse_lora(file: Path, tensors: dict[str, torch.Tensor], alpha_of) -> dict[
     return modules
 
 
-def _info(path, weights: Path, embeddings: Path | None, metadata, ranks: dict[str, int], num_params: int) -> AdapterInfo:
+def _info(
+    path, weights: Path, embeddings: Path | None, metadata, ranks: dict[str, int], num_params: int
+) -> AdapterInfo:
     """The AdapterInfo from this project's header, or from what a foreign file's tensors say."""
     file_bytes = weights.stat().st_size + (embeddings.stat().st_size if embeddings else 0)
     header = _header(weights, metadata)

@@ -160,7 +160,11 @@ def model_card(info: AdapterInfo, *, repo_id: str | None = None, sample: str | N
 def _usage(base_model: str | None, source: str, prompt: str) -> list[str]:
     """The card's usage snippet: load the base the adapter was trained on, load the adapter, generate."""
     if base_model == TOYWORLD_BASE_ID:
-        load_base = ["from motion_adapter import toyworld", "", "pipe = toyworld.load_pipeline()  # the embedded tiny world"]
+        load_base = [
+            "from motion_adapter import toyworld",
+            "",
+            "pipe = toyworld.load_pipeline()  # the embedded tiny world",
+        ]
         frames = 8
     else:
         base = base_model if _is_hub_id(base_model) else "<id or folder of the base model>"
@@ -172,7 +176,11 @@ def _usage(base_model: str | None, source: str, prompt: str) -> list[str]:
             f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
         ]
         frames = 16
-    return [*load_base, f'pipe.load_motion_adapter("{source}")', f'frames = pipe("{prompt}", num_frames={frames}).frames[0]']
+    return [
+        *load_base,
+        f'pipe.load_motion_adapter("{source}")',
+        f'frames = pipe("{prompt}", num_frames={frames}).frames[0]',
+    ]
 
 
 def _is_hub_id(name: str | None) -> bool:

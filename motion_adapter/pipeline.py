@@ -329,7 +329,10 @@ def disable_motion_adapters(pipe, adapter_names=None) -> None:
 
 def _toggle(pipe, adapter_names, enabled: bool) -> None:
     state = _state(pipe)
-    names = list(state.adapters) if adapter_names is None else [adapter_names] if isinstance(adapter_names, str) else adapter_names
+    if adapter_names is None:
+        names = list(state.adapters)
+    else:
+        names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
     for name in names:
         _entry(state, name)
     _check_not_fused(state, "enable or disable adapters")
@@ -618,5 +621,7 @@ def register_pipeline_methods() -> None:
     for name, function in PIPELINE_METHODS.items():
         existing = getattr(DiffusionPipeline, name, None)
         if existing is not None and existing is not function:
-            raise RuntimeError(f"diffusers' DiffusionPipeline already has a `{name}`; motion_adapter will not replace it")
+            raise RuntimeError(
+                f"diffusers' DiffusionPipeline already has a `{name}`; motion_adapter will not replace it"
+            )
         setattr(DiffusionPipeline, name, function)

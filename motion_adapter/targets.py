@@ -107,7 +107,8 @@ def denoiser_of(pipe_or_denoiser) -> nn.Module:
         if isinstance(module, nn.Module):
             return module
     raise TypeError(
-        f"{type(pipe_or_denoiser).__name__} has no `unet` or `transformer`: pass a video diffusion pipeline or its denoiser"
+        f"{type(pipe_or_denoiser).__name__} has no `unet` or `transformer`: "
+        "pass a video diffusion pipeline or its denoiser"
     )
 
 

@@ -52,7 +52,8 @@ def tiny_unet3d(*, seed: int = 0, block_out_channels=(32, 64), cross_attention_d
 
 
 def tiny_pipeline(*, seed: int = 0):
-    """A real TextToVideoSDPipeline of about 1.5 M parameters, its models in eval mode as from_pretrained leaves them."""
+    """A real TextToVideoSDPipeline of about 1.5 M parameters, its models in eval mode as from_pretrained leaves
+    them."""
     from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 

@@ -82,6 +82,8 @@ def test_a_lora_saved_by_diffusers_loads_here(tmp_path):
 def test_a_lora_without_alpha_warns_that_it_loads_at_scale_one(tmp_path):
     made_elsewhere = testing.tiny_animatediff_pipeline()
     made_elsewhere.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_k"], init_lora_weights=False))
-    AnimateDiffPipeline.save_lora_weights(tmp_path / "bare", unet_lora_layers=get_peft_model_state_dict(made_elsewhere.unet))
+    AnimateDiffPipeline.save_lora_weights(
+        tmp_path / "bare", unet_lora_layers=get_peft_model_state_dict(made_elsewhere.unet)
+    )
     with pytest.warns(UserWarning, match="records no LoRA alpha"):
         testing.tiny_animatediff_pipeline().load_motion_adapter(tmp_path / "bare")

@@ -17,7 +17,9 @@ from .training.clips import write_clips, write_images
 def test_inspect_prints_the_header(adapter_dir, capsys):
     assert main(["inspect", str(adapter_dir)]) == 0
     out = capsys.readouterr().out
-    for expected in ("kind             motion", "tokens           pll", "preset           motion", "rank / alpha     4 / 4"):
+    for expected in (
+        "kind             motion", "tokens           pll", "preset           motion", "rank / alpha     4 / 4"
+    ):
         assert expected in out
 
 

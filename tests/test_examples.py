@@ -29,8 +29,8 @@ def test_generate_with_two_weighted_adapters(base_dir, tmp_path, capsys):
         testing.randomize_adapter(pipe, name, seed=seed)
         ma.save_motion_adapter(pipe, name, tmp_path / name)
     run_example("generate_with_adapters", "--base", str(base_dir), "--adapter", str(tmp_path / "a"),
-                str(tmp_path / "b"), "--weights", "1.0", "-0.5", "--fuse", "--frames", "4", "--height", "16", "--width", "16", "--steps",
-                "2", "--out", str(tmp_path / "clip.mp4"))
+                str(tmp_path / "b"), "--weights", "1.0", "-0.5", "--fuse", "--frames", "4", "--height", "16",
+                "--width", "16", "--steps", "2", "--out", str(tmp_path / "clip.mp4"))
     assert "loaded a at weight 1.0, b at weight -0.5" in capsys.readouterr().out
     assert read_video(tmp_path / "clip.mp4")[0].shape == (4, 16, 16, 3)
 

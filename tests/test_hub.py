@@ -77,7 +77,10 @@ class RecordingApi:
 def test_push_sends_one_commit_with_adapter_and_card(adapter_dir):
     (adapter_dir / "sample.gif").write_bytes(b"GIF89a")
     api = RecordingApi()
-    assert ma.push_to_hub(adapter_dir, "user/pll", private=True, revision="v1", commit_message="first", api=api) == "commit-info"
+    assert (
+        ma.push_to_hub(adapter_dir, "user/pll", private=True, revision="v1", commit_message="first", api=api)
+        == "commit-info"
+    )
     kinds = [call[0] for call in api.calls]
     assert kinds == ["create_repo", "create_branch", "upload_folder"]
     assert api.calls[0][2]["private"] is True and api.calls[2][2]["revision"] == "v1"
@@ -85,9 +88,15 @@ def test_push_sends_one_commit_with_adapter_and_card(adapter_dir):
     assert set(api.sent) == {"pytorch_lora_weights.safetensors", "README.md", "sample.gif"}
     card = api.sent["README.md"].decode()
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["library_name"] == "motion-adapter" and {"text-to-video", "lora", "motion-customization"} <= set(meta["tags"])
+    assert (
+        meta["library_name"] == "motion-adapter"
+        and {"text-to-video", "lora", "motion-customization"} <= set(meta["tags"])
+    )
     assert 'pipe.load_motion_adapter("user/pll")' in card and "![sample](sample.gif)" in card
-    assert api.sent["pytorch_lora_weights.safetensors"] == (adapter_dir / "pytorch_lora_weights.safetensors").read_bytes()
+    assert (
+        api.sent["pytorch_lora_weights.safetensors"]
+        == (adapter_dir / "pytorch_lora_weights.safetensors").read_bytes()
+    )
 
 
 def test_push_keeps_a_users_readme(adapter_dir):

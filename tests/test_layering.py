@@ -1,4 +1,5 @@
-"""Imports point one way (DESIGN.md): lower layers never import higher ones; peft and huggingface_hub stay in one module each."""
+"""Imports point one way (DESIGN.md): lower layers never import higher ones; peft and huggingface_hub stay in one
+module each."""
 
 import ast
 from importlib.util import resolve_name
@@ -48,7 +49,9 @@ def test_imports_point_down():
             if top == "motion_adapter" and "." in name:
                 target = name.split(".")[1]
                 if target in LAYERS and LAYERS[target] > LAYERS[own]:
-                    problems.append(f"{path.relative_to(PACKAGE)} (layer {LAYERS[own]}) imports {target} (layer {LAYERS[target]})")
+                    problems.append(
+                        f"{path.relative_to(PACKAGE)} (layer {LAYERS[own]}) imports {target} (layer {LAYERS[target]})"
+                    )
     assert not problems, "\n".join(problems)
 
 

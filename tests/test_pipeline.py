@@ -226,7 +226,9 @@ def test_name_already_loaded(pipe, adapter_dir):
 def test_token_clash_names_both(pipe, adapter_dir, tmp_path):
     pipe.load_motion_adapter(adapter_dir)
     other = make_adapter(tmp_path / "other", name="other", token="pll", seed=4)
-    _refused(pipe, lambda: pipe.load_motion_adapter(other), ma.AdapterStateError, "'other'.*already claimed by adapter 'pll'")
+    _refused(
+        pipe, lambda: pipe.load_motion_adapter(other), ma.AdapterStateError, "'other'.*already claimed by adapter 'pll'"
+    )
 
 
 def test_missing_local_path(pipe):

@@ -53,7 +53,9 @@ def load_checkpoint(folder: Path, params: list[torch.Tensor], optimizer, schedul
     """Restore a checkpoint into the given tensors, optimizer and scheduler; returns its step."""
     folder = Path(folder)
     if not (folder / "state.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a checkpoint (no state.json); checkpoints live in output_dir/checkpoints")
+        raise FileNotFoundError(
+            f"{folder} is not a checkpoint (no state.json); checkpoints live in output_dir/checkpoints"
+        )
     meta = json.loads((folder / "state.json").read_text())
     differing = {k: (meta["key"].get(k), v) for k, v in key.items() if meta["key"].get(k) != v}
     if differing:

@@ -34,18 +34,21 @@ class TrainConfig:
     """Settings of one customization run (motion or subject)."""
 
     max_train_steps: int = _field(400, "optimizer steps to train")
-    learning_rate: float | None = _field(None, "AdamW learning rate; None picks the tuning's default (lora 1e-4, full 5e-6)")
+    learning_rate: float | None = _field(None, "AdamW learning rate; None picks the tuning's default "
+                                         "(lora 1e-4, full 5e-6)")
     preset: str = _field("motion", "layers to customize: motion, temporal, spatial-kv, appearance, a+b, or a regex "
                          "(train_subject: its own preset= argument)")
     tuning: str = _field("lora", "lora: low-rank adapter; full: a full delta of the selected weights")
     rank: int = _field(16, "LoRA rank")
     alpha: float | None = _field(None, "LoRA alpha; None means alpha = rank (scale 1)")
     dropout: float = _field(0.0, "LoRA dropout")
-    compress_to_rank: int | None = _field(None, "with tuning=full: also save the delta compressed to this LoRA rank (SVD)")
+    compress_to_rank: int | None = _field(None, "with tuning=full: also save the delta compressed to this LoRA "
+                                          "rank (SVD)")
     timestep_sampling: str = _field("coarse", "uniform, coarse (the paper's: more high-noise steps), fine, cubic")
     timestep_alpha: float = _field(0.5, "skew of the coarse / fine samplers")
     reg_weight: float = _field(0.5, "weight lambda of the regularization clip's loss")
-    reg_source: str = _field("real", "real: clips from reg_data; generated: clips the base model makes from reg_prompts")
+    reg_source: str = _field("real", "real: clips from reg_data; generated: clips the base model makes "
+                             "from reg_prompts")
     reg_prompts: list[str] | None = _field(None, "prompts for reg_source=generated")
     num_reg_generated: int = _field(8, "how many clips to generate for reg_source=generated")
     num_frames: int = _field(16, "frames per training window")
@@ -62,7 +65,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _field(False, "recompute activations in the backward pass to save memory")
     gradient_accumulation_steps: int = _field(1, "micro-steps per optimizer step")
     warmup_steps: int = _field(0, "linear learning-rate warm-up steps")
-    lr_schedule: str = _field("constant", "after the warm-up: constant (the paper's) or cosine (decays to 0 at the end)")
+    lr_schedule: str = _field("constant", "after the warm-up: constant (the paper's) or cosine "
+                              "(decays to 0 at the end)")
     weight_decay: float = _field(0.01, "AdamW weight decay")
     max_grad_norm: float = _field(1.0, "gradient clipping norm")
     use_8bit_adam: str = _field("auto", "auto: 8-bit AdamW when bitsandbytes and a GPU are present; yes; no")

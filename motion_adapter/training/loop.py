@@ -73,7 +73,9 @@ class _Set:
     images: bool = False
 
 
-def train_motion(pipe, *, data, token: str, output_dir, reg_data=None, config: TrainConfig | None = None) -> TrainResult:
+def train_motion(
+    pipe, *, data, token: str, output_dir, reg_data=None, config: TrainConfig | None = None
+) -> TrainResult:
     """Teach `pipe` the motion shown in the clips of `data`, bound to `token`; write the adapter to `output_dir`.
 
     `reg_data` is a folder of real clips of similar motions with their own captions (the paper's regularization);
@@ -135,7 +137,8 @@ def train_subject(
 
     return _run(
         pipe, config, Path(output_dir), accelerator,
-        adapter_name=safe_adapter_name(token), kind="subject", preset=preset, tokens=[motion_token, token] if joint else [token],
+        adapter_name=safe_adapter_name(token), kind="subject", preset=preset,
+        tokens=[motion_token, token] if joint else [token],
         prompt_template=template.replace("{token}", token), learned=[(token, class_word)],
         targets=targets, reg=reg, schedule=schedule,
     )  # fmt: skip
@@ -295,7 +298,8 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
     if embedding is not None:
         mask_handle.remove()
     summary = {
-        "steps": step, "learning_rate": config.lr, "tuning": config.tuning, "timestep_sampling": config.timestep_sampling,
+        "steps": step, "learning_rate": config.lr, "tuning": config.tuning,
+        "timestep_sampling": config.timestep_sampling,
         "reg_weight": config.reg_weight if reg is not None else 0.0, "num_clips": sum(len(t.store) for t in targets),
         "num_reg_clips": len(reg.store) if reg is not None else 0, "preset": preset, "rank": config.rank,
     }  # fmt: skip

@@ -27,7 +27,9 @@ def test_the_demo_writes_every_output(quick_demo):
     assert len(list((out / "regularization").glob("*.gif"))) == 12
     samples = sorted(p.name for p in (out / "samples").iterdir())
     assert len(samples) == 2 * len(demo.NEW_APPEARANCES) and "00-base.gif" in samples and "00-customized.gif" in samples
-    assert read_video(out / "samples" / "00-customized.gif")[0].shape == (toyworld.NUM_FRAMES, toyworld.SIZE, toyworld.SIZE, 3)
+    assert read_video(out / "samples" / "00-customized.gif")[0].shape == (
+        toyworld.NUM_FRAMES, toyworld.SIZE, toyworld.SIZE, 3
+    )
     picture = Image.open(out / "comparison.png")
     assert picture.width >= toyworld.SIZE * demo.PICTURE_SCALE and picture.height > picture.width / 8
     assert read_video(out / "comparison.gif")[0].shape[0] == toyworld.NUM_FRAMES
