@@ -1,6 +1,6 @@
 """The paper's ablation on the tiny world (`motion_adapter.toyworld.ablation.run_ablation`): runs.json, table.md,
-plot.png in --out. The full grid takes about 3 h 45 min on 2 CPU cores (estimated from a one-motion run of
-57 minutes: `--motions bounce --seeds 0 1`, docs/ablation.md), --quick 7 min 49 s.
+plot.png in --out. The full grid adds up to about 2 h 58 min on 2 CPU cores (docs/ablation.md, made in two parts,
+the second reading the first's runs back), --quick 7 min 49 s.
 
     python benchmarks/ablation.py [--quick] [--out DIR] [--base PIPELINE_DIR] [--variants default motion ...]
 """

@@ -17,16 +17,17 @@ evaluator read off them, and its record (run.json; composition.json for a compos
 same folder, the grid reads back every run and study recorded there with the same base and settings and makes
 only the others: an interrupted grid resumes.
 
-Cost, measured on the 2-core development machine with two workers (one torch thread each): the grid on one
-motion and two seeds at 300 steps (44 trainings, 2 compressed scorings, 2 composition studies) took 3,424 s;
-a training of 300 steps takes 54 to 138 s beside another (one example and one regularization clip a step; no
-regularization is the cheapest, rank 4 to 64 and generated regularization the dearest), and sampling and
-scoring its 24 clips about 25 s more. The full grid (`FULL`: 188 trainings over five motions) is therefore about
-3 h 45 min there, over its 2-hour budget; 100 steps would fit, but learned next to nothing (at most 12% in 14
-runs on the zigzag and the orbit, in a grid stopped early).
+Cost, measured on the 2-core development machine with two workers (one torch thread each): docs/ablation.md's
+full grid (five motions, two seeds, 300 steps: 188 trainings, 10 compressed scorings, 2 composition studies)
+adds up, from its records, to about 2 h 58 min (10,400 s of runs and sweeps on two workers, the composition about
+4 minutes); it was made in two parts, 4,150 s for the bounce and the orbit, 5,951 s for the other three and
+the composition, the second reading the first's runs back. A training of 300 steps takes 62 to 140 s beside
+another (one example and one regularization clip a step; no regularization is the cheapest, rank 64 and generated
+regularization the dearest), sampling and scoring its 24 clips about 25 s of that. The 2-hour budget is not
+met; 100 steps would fit, but learned next to nothing (at most 12% in 14 runs on the zigzag and the orbit, in a
+grid stopped early).
 `QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 7 min 49 s with two
-workers. docs/ablation.md has a run on two motions (76 trainings, the sweeps' and the composition's among them,
-and two compressed scorings took 4,150 s; eight runs read back from an earlier run), its table and reading.
+workers (with the variant `temporal` where it now runs `motion`).
 """
 
 import dataclasses
