@@ -41,10 +41,11 @@ def train_config(**overrides) -> TrainConfig:
     the temporal layers alone.
 
     The temporal layers alone (`preset="temporal"`) rather than the paper's temporal layers + spatial cross-attention
-    k/v: on this base they read the held-out motions better, ahead in 16 of 25 paired runs (same motion and seed, the
-    demo's and the ablation grid's; 7 behind, 2 even) by 11 points on average, 66% against 56% (docs/ablation.md). With
-    them, `run_demo` at 500 steps, rate 3e-3, read the bounce off 92 / 92 / 96 / 96% of 24 new-appearance clips at
-    seeds 0 to 3 (the base: 0%); with the paper's preset 83 / 100 / 83 / 83%.
+    k/v: on this base they read the held-out motions better, ahead in 19 of 31 paired runs (same motion and seed, the
+    demo's and the ablation grids'; 9 behind, 3 even; docs/ablation.md). With them, `run_demo` at 500 steps, rate
+    3e-3, read the bounce off 92 / 92 / 96 / 96% of 24 new-appearance clips at seeds 0 to 3 (the base: 0%); with the
+    paper's preset 83 / 100 / 83 / 83%. Timesteps stay coarse: cubic read more on average (72% against 65% over 15
+    demo pairs, seeds 0 to 2) but the bounce less (67 / 88 / 88%).
 
     Tuning history, the paper's preset on the bounce: a cosine schedule at 6e-3 read 88 / 88 / 79% (seeds 0 / 1 /
     2). Before video.py's GIF fix the demo trained on damaged examples (about a quarter of the frames of its GIFs
