@@ -678,13 +678,13 @@ def format_table(results: dict) -> str:
         )
     motions = settings["motions"]
     lines += ["", "Accuracy per held-out motion (percent, mean over seeds):", "",
-              f"| setting | {' | '.join(motions)} |", "|---|" + "---:|" * len(motions)]  # fmt: skip
-    rows = {}  # variant name -> label, each variant once (the default under its own name)
-    for _, name, label in _labels(results):
-        rows.setdefault(name, "default" if name == "default" else label)
-    for name, label in rows.items():
+              f"| factor | setting | {' | '.join(motions)} |", "|---|---|" + "---:|" * len(motions)]  # fmt: skip
+    rows = {}  # variant name -> (factor, label), each variant once (the default as the recipe of every factor)
+    for factor, name, label in _labels(results):
+        rows.setdefault(name, ("all", "default") if name == "default" else (factor, label))
+    for name, (factor, label) in rows.items():
         by_motion = summary[name]["motion_accuracy_by_motion"]
-        lines.append(f"| {label} | {' | '.join(_percent(by_motion.get(m)) for m in motions)} |")
+        lines.append(f"| {factor} | {label} | {' | '.join(_percent(by_motion.get(m)) for m in motions)} |")
     if results["lr_sweeps"]:
         lines += ["", "Learning-rate sweeps (one motion and seed; the most accurate rate is used for every run):", "",
                   "| variant | learning rate | accuracy | copy | final loss | chosen |",
