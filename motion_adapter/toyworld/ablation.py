@@ -524,12 +524,12 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict
     load_motion_adapter(pipe, folder / SUBJECT_TOKEN, adapter_name=SUBJECT_TOKEN)
     load_motion_adapter(pipe, default_run["adapter_dir"], adapter_name=TOKEN)
     scores["separate, composed"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "composed.png")
-    unfuse_motion_adapters(pipe)
     weights = [_weight_on(pipe, folder / SUBJECT_TOKEN, temporal=False),
                _weight_on(pipe, default_run["adapter_dir"], temporal=True)]  # fmt: skip
     if weights == [1.0, 1.0]:
         scores["separate, per-group weights"] = scores["separate, composed"]
     else:
+        unfuse_motion_adapters(pipe)
         set_motion_adapters(pipe, [SUBJECT_TOKEN, TOKEN], weights=weights)
         scores["separate, per-group weights"] = _score_composition(pipe, motion, seed, s.prompts_per_run,
                                                                   folder / "per-group-weights.png")  # fmt: skip
