@@ -34,10 +34,9 @@ def main(argv=None):
     pipe = DiffusionPipeline.from_pretrained(args.base, torch_dtype=dtype).to(device)
     names = [pipe.load_motion_adapter(source) for source in args.adapter]
     if names:
-        pipe.set_motion_adapters(names, weights=args.weights or [1.0] * len(names))
-        print(
-            "loaded", ", ".join(f"{name} at weight {w}" for name, w in zip(names, args.weights or [1.0] * len(names)))
-        )
+        weights = args.weights or [1.0] * len(names)
+        pipe.set_motion_adapters(names, weights=weights)
+        print("loaded", ", ".join(f"{name} at weight {w}" for name, w in zip(names, weights)))
     if args.fuse and args.adapter:
         pipe.fuse_motion_adapters()
     frames = pipe(
