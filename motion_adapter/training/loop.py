@@ -246,24 +246,14 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
         torch.manual_seed(_step_seed(config.seed, micro_step, accelerator.process_index))  # LoRA dropout
         with accelerator.accumulate(trained_unet):
             batch = [(targets[schedule(step)], 1.0)] + ([(reg, config.reg_weight)] if reg is not None else [])
+            draws = [_draw(data, weight, config, generator, num_timesteps) for data, weight in batch]
             loss = 0.0
-            for data, weight in batch:
-                i = int(torch.randint(len(data.store), (1,), generator=generator))
-                frames = 1 if data.images else config.num_frames
-                window = sample_window(data.store.num_frames(i), frames, generator)
-                latents = data.store.window(i, window).permute(1, 0, 2, 3).unsqueeze(0)  # (f,c,h,w) -> (1,c,f,h,w)
-                latents = latents.to(device, weight_dtype)
-                noise = torch.randn(latents.shape, generator=generator).to(device, weight_dtype)
-                t = sample_timesteps(1, num_timesteps, config.timestep_sampling, config.timestep_alpha, generator)
-                t = t.to(device)
-                noisy = noise_scheduler.add_noise(latents, noise, t)
-                text = encode_text(data.captions[i]).to(weight_dtype)  # (1, tokens, dim)
+            for group in _same_shape(draws):  # the example and the regularization clip in one forward pass
+                text = torch.cat([encode_text(d.caption) for d in group])  # (b, tokens, dim)
                 if text_per_frame:
-                    text = text.repeat_interleave(frames, dim=0)  # (1, tokens, dim) -> (frames, tokens, dim)
-                with _bypassed(bypass) if data.images and config.bypass_temporal_on_images else nullcontext():
-                    prediction = trained_unet(noisy, t, encoder_hidden_states=text).sample
-                target = _target(noise_scheduler, latents, noise, t)
-                loss = loss + weight * F.mse_loss(prediction.float(), target.float())
+                    text = text.repeat_interleave(group[0].latents.shape[2], dim=0)  # (b * frames, tokens, dim)
+                with _bypassed(bypass) if group[0].images and config.bypass_temporal_on_images else nullcontext():
+                    loss = loss + _group_loss(trained_unet, noise_scheduler, group, text, weight_dtype)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(all_params, config.max_grad_norm)
@@ -415,6 +405,50 @@ def _validate(pipe, config: TrainConfig, output_dir: Path, step: int, unet) -> l
         paths.append(write_video(output_dir / "samples" / f"step-{step:06d}-{i}.gif", frames, fps=8))
     unet.train(was_training)
     return paths
+
+
+@dataclass
+class _Draw:
+    """One clip drawn for a training step: a window of its latents (1, c, f, h, w), its noise, timestep, caption."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    t: torch.Tensor
+    caption: str
+    weight: float
+    images: bool
+
+
+def _draw(data: _Set, weight: float, config: TrainConfig, generator, num_timesteps: int) -> _Draw:
+    """A random clip of `data`, a random window of its frames (one for images), its noise and its timestep."""
+    i = int(torch.randint(len(data.store), (1,), generator=generator))
+    frames = 1 if data.images else config.num_frames
+    window = sample_window(data.store.num_frames(i), frames, generator)
+    latents = data.store.window(i, window).permute(1, 0, 2, 3).unsqueeze(0)  # (f,c,h,w) -> (1,c,f,h,w)
+    noise = torch.randn(latents.shape, generator=generator)
+    t = sample_timesteps(1, num_timesteps, config.timestep_sampling, config.timestep_alpha, generator)
+    return _Draw(latents, noise, t, data.captions[i], weight, data.images)
+
+
+def _same_shape(draws: list[_Draw]) -> list[list[_Draw]]:
+    """The draws grouped so that each group goes through the denoiser as one batch: same size, both clips or both
+    images (images may skip the temporal layers)."""
+    groups: dict[tuple, list[_Draw]] = {}
+    for d in draws:
+        groups.setdefault((d.images, tuple(d.latents.shape[1:])), []).append(d)
+    return list(groups.values())
+
+
+def _group_loss(unet, noise_scheduler, group: list[_Draw], text: torch.Tensor, dtype) -> torch.Tensor:
+    """The weighted sum of the group's per-clip losses, from one forward pass of the denoiser over them all."""
+    device = text.device
+    latents = torch.cat([d.latents for d in group]).to(device, dtype)
+    noise = torch.cat([d.noise for d in group]).to(device, dtype)
+    t = torch.cat([d.t for d in group]).to(device)
+    prediction = unet(noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=text.to(dtype)).sample
+    target = _target(noise_scheduler, latents, noise, t)
+    per_clip = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
+    return (per_clip * torch.tensor([d.weight for d in group], device=device)).sum()
 
 
 def _encode_prompt(tokenizer, text_encoder, caption: str, device) -> torch.Tensor:

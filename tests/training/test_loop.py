@@ -72,6 +72,41 @@ def test_regularization_draws_from_both_sets(pipe, clips, reg, tmp_path, monkeyp
     assert drawn == [3, 2] * 3  # one target clip (3 in the set) and one reg clip (2) per step
 
 
+def _batch_sizes(unet) -> list[int]:
+    sizes = []
+    unet.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(args[0].shape[0]), with_kwargs=True)
+    return sizes
+
+
+def test_example_and_regularization_clips_share_one_forward_pass(pipe, clips, reg, tmp_path):
+    sizes = _batch_sizes(pipe.unet)
+    ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", reg_data=reg, config=tiny_config())
+    assert sizes == [2] * 3
+
+
+def test_subject_images_and_regularization_clips_take_a_pass_each(pipe, reg, tmp_path):
+    sizes = _batch_sizes(pipe.unet)
+    ma.train_subject(pipe, data=write_images(tmp_path / "photos"), token="<sks>", class_word="dog", reg_data=reg,
+                     output_dir=tmp_path / "out", config=tiny_config())  # fmt: skip
+    assert sizes == [1, 1] * 3  # a one-frame image and a clip cannot share a batch
+
+
+def test_one_pass_gives_the_weighted_sum_of_each_clips_loss(pipe):
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    example = loop._Draw(torch.randn(1, 4, 4, 8, 8), torch.randn(1, 4, 4, 8, 8), torch.tensor([900]), "", 1.0, False)
+    regular = loop._Draw(torch.randn(1, 4, 4, 8, 8), torch.randn(1, 4, 4, 8, 8), torch.tensor([100]), "", 0.5, False)
+    texts = torch.randn(2, 5, 32)
+    pipe.unet.eval()  # no dropout: the same function of each clip in both passes
+    with torch.no_grad():
+        together = loop._group_loss(pipe.unet, scheduler, [example, regular], texts, torch.float32)
+        apart = [loop._group_loss(pipe.unet, scheduler, [d], texts[i : i + 1], torch.float32)
+                 for i, d in enumerate([example, regular])]  # fmt: skip
+    assert torch.allclose(together, apart[0] + apart[1], rtol=1e-5)
+    assert not torch.allclose(together, apart[0] + 2 * apart[1], rtol=1e-3)  # the 0.5 weight counted, not dropped
+
+
 def test_loss_follows_the_prediction_type():
     from diffusers import DDPMScheduler
 
