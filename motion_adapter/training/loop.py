@@ -2,7 +2,8 @@
 
 One loop serves both. Each optimizer step draws one target example (a clip of the motion, or a subject image as a
 one-frame clip, the temporal layers bypassed unless `bypass_temporal_on_images` is off) and, when a regularization
-set is given, one regularization clip, each with its own noise and timestep:
+set is given, one regularization clip, each with its own noise and timestep, the two in one forward pass when
+their sizes agree (an image and a clip take one each):
 loss = L(target) + reg_weight * L(reg),  where L = || model(x_t, c, t) - target ||^2 and the target follows the
 scheduler (epsilon, v or sample).
 Every step's randomness is seeded by (seed, step, process), so a resumed run repeats an uninterrupted one.
