@@ -36,11 +36,14 @@ _SPATIAL_ROLES = {
     "spatial_kv": _SPATIAL_ATTENTION + r"attn2\.to_[kv]$",
     "spatial_attn": _SPATIAL_ATTENTION + r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$",
 }
-_PAPER_PRESETS = {
-    "motion": ("temporal", "spatial_kv"),
+_PRESETS = {
+    "motion": ("temporal", "spatial_kv"),  # the paper's
     "temporal": ("temporal",),
     "spatial-kv": ("spatial_kv",),
-    "appearance": ("spatial_kv", "spatial_attn"),
+    "appearance": ("spatial_kv", "spatial_attn"),  # every spatial attention projection
+    # The same without the cross-attention k/v (the spatial_kv role matches them first), through which every word of
+    # a prompt is read: a subject that leaves the other words, a motion's token among them, read as before.
+    "subject": ("spatial_attn",),
 }
 
 ARCHITECTURES = (
@@ -49,7 +52,7 @@ ARCHITECTURES = (
         class_names=("UNet3DConditionModel",),
         component="unet",
         roles={"temporal": r"(^transformer_in\.|\.temp_attentions\.|\.temp_convs\.)", **_SPATIAL_ROLES},
-        presets=_PAPER_PRESETS,
+        presets=_PRESETS,
         temporal_blocks=("TransformerTemporalModel", "TemporalConvLayer"),
     ),
     Architecture(
@@ -59,7 +62,7 @@ ARCHITECTURES = (
         # The motion modules call proj_in / proj_out by keyword (`proj_in(input=x)`), which a peft LoRA layer
         # (forward(x)) rejects; their transformer blocks (temporal attention and feed-forward) carry the motion.
         roles={"temporal": r"\.motion_modules\.\d+\.transformer_blocks\.", **_SPATIAL_ROLES},
-        presets=_PAPER_PRESETS,
+        presets=_PRESETS,
         temporal_blocks=("AnimateDiffTransformer3D",),
         unadaptable=r"\.motion_modules\.\d+\.proj_(in|out)$",
         text_per_frame=True,  # as AnimateDiffPipeline repeats prompt embeddings before calling the UNet

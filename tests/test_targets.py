@@ -48,6 +48,16 @@ def test_appearance_preset_is_spatial_attention_projections(full_size_unet):
     assert len(spec.module_names) == 4 * len(ma.resolve_targets(full_size_unet, "spatial-kv").module_names)
 
 
+def test_subject_preset_is_spatial_attention_but_the_texts_keys_and_values(full_size_unet):
+    subject = ma.resolve_targets(full_size_unet, "subject")
+    kv = ma.resolve_targets(full_size_unet, "spatial-kv")
+    appearance = ma.resolve_targets(full_size_unet, "appearance")
+    assert sorted(subject.module_names + kv.module_names) == appearance.module_names
+    assert not any(n.endswith(("attn2.to_k", "attn2.to_v")) for n in subject.module_names)
+    assert any(n.endswith("attn2.to_q") for n in subject.module_names)
+    assert set(subject.groups) == {"spatial_attn"}
+
+
 def test_regex_preset_keeps_table_roles(pipe):
     spec = ma.resolve_targets(pipe, r"attn2\.to_k$")
     assert spec.module_names and all(n.endswith("attn2.to_k") for n in spec.module_names)

@@ -84,6 +84,7 @@ SUBJECT_SHAPE = HELD_OUT_SHAPES[0]
 SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave): the token's first embedding
 SUBJECT_COLORS = ("red", "blue", "green")
 SUBJECT_IMAGES = 8
+SUBJECT_PRESET = "subject"  # spatial attention without the cross-attention k/v (`appearance` stilled the motion)
 _PRIOR_SEED_OFFSET = 500  # clip seeds of the prior-preservation prompts, apart from the new-appearance ones
 
 
@@ -504,7 +505,8 @@ def _composition_seed(s: _Settings, default_run: dict) -> dict:
     """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back."""
     folder = s.out / "composition" / f"s{default_run['seed']}"
     identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
-                "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE]}  # fmt: skip
+                "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE],
+                "subject_preset": SUBJECT_PRESET}  # fmt: skip
     return _recorded(folder / "composition.json", identity, partial(_composition_seed_now, s, default_run, folder))
 
 
@@ -518,7 +520,7 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict
     images = _write_subject_images(folder / "subject-images", seed=seed)
     config = _config(s, GRID_DEFAULT, seed=seed, learning_rate=None)
     train_subject(_fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,
-                  output_dir=folder / SUBJECT_TOKEN, config=config)  # fmt: skip
+                  output_dir=folder / SUBJECT_TOKEN, config=config, preset=SUBJECT_PRESET)  # fmt: skip
     scores = {}
     pipe = _fresh_pipe(s)
     load_motion_adapter(pipe, folder / SUBJECT_TOKEN, adapter_name=SUBJECT_TOKEN)

@@ -111,7 +111,10 @@ def train_subject(
 ) -> TrainResult:
     """Teach `pipe` a subject from still images of `data`, as a new token whose embedding starts from `class_word`.
 
-    Only spatial layers (preset "appearance") and the token's embedding are trained; images are one-frame clips,
+    Only spatial layers and the token's embedding are trained: preset "subject", the spatial attention but for the
+    cross-attention k/v, so that the subject leaves the other words, a motion's token among them, read as before and
+    loads beside motion adapters (preset "appearance", with the k/v, stilled the motion it was composed with on the
+    tiny world: docs/ablation.md, Composition). Images are one-frame clips,
     with the temporal layers bypassed (`config.bypass_temporal_on_images`: off for a base trained on video from the
     start, whose spatial layers never ran alone). With `motion_data` and `motion_token`, the paper's joint
     schedule: the motion alone for `config.motion_first_steps` steps, then both, each step drawn from one of the
@@ -121,7 +124,7 @@ def train_subject(
     joint = motion_data is not None
     if joint != (motion_token is not None):
         raise ValueError("joint training needs both motion_data and motion_token")
-    preset = preset or ("motion+appearance" if joint else "appearance")
+    preset = preset or ("motion+appearance" if joint else "subject")
     accelerator = _accelerator(config, output_dir, images=True)
     template = caption_template.replace("{class_word}", class_word)
     cache = Path(output_dir) / "latent_cache"

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from tqdm import tqdm
 
+from motion_adapter import inspect
 from motion_adapter.cli import _ablate, build_parser
 from motion_adapter.toyworld import ablation
 from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
@@ -87,6 +88,7 @@ def test_every_output_is_written_and_parses(results):
         assert 0.0 <= record["motion_accuracy"] <= 1.0 and record["adapter_bytes"] > 0 and record["train_seconds"] > 0
         assert len(record["clips"]) == 2 * ablation.SAMPLES_PER_PROMPT
     assert set(saved["composition"]["methods"]) == {"separate, composed", "separate, per-group weights", "joint"}
+    assert inspect(out / "composition" / "s0" / ablation.SUBJECT_TOKEN).preset == ablation.SUBJECT_PRESET
     with Image.open(out / "plot.png") as image:
         image.verify()
 

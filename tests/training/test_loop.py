@@ -192,14 +192,14 @@ def test_subject_trains_spatial_lora_and_the_new_row_only(pipe, tmp_path):
     table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
     result = ma.train_subject(pipe, data=photos, token="<sks>", class_word="dog", output_dir=tmp_path / "out",
                               config=tiny_config(max_train_steps=3, learning_rate=1e-2))
-    assert set(lora_layers(pipe.unet)) == set(ma.resolve_targets(pipe, "appearance").module_names)
+    assert set(lora_layers(pipe.unet)) == set(ma.resolve_targets(pipe, "subject").module_names)
     new = pipe.text_encoder.get_input_embeddings().weight
     token_id = pipe.tokenizer.convert_tokens_to_ids("<sks>")
     assert torch.equal(new[: table.shape[0]], table)  # every old row as it was
     initial = table[pipe.tokenizer("dog", add_special_tokens=False).input_ids].mean(0)
     assert not torch.allclose(new[token_id], initial)  # the new row learned
     info = ma.inspect(result.adapter_dir)
-    assert info.kind == "subject" and info.learned_tokens == ["<sks>"] and info.preset == "appearance"
+    assert info.kind == "subject" and info.learned_tokens == ["<sks>"] and info.preset == "subject"
 
 
 def test_images_bypass_the_temporal_layers(pipe):
