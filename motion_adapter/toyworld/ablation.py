@@ -57,7 +57,7 @@ from ..pipeline import fuse_motion_adapters, load_motion_adapter, set_motion_ada
 from ..targets import resolve_targets
 from ..training.config import TrainConfig
 from ..training.data import read_metadata
-from ..training.loop import train_motion, train_subject
+from ..training.loop import subject_preset, train_motion, train_subject
 from ..video import save_grid
 from .demo import (
     EXAMPLE_APPEARANCES,
@@ -84,7 +84,7 @@ SUBJECT_SHAPE = HELD_OUT_SHAPES[0]
 SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave): the token's first embedding
 SUBJECT_COLORS = ("red", "blue", "green")
 SUBJECT_IMAGES = 8
-SUBJECT_PRESET = "subject"  # spatial attention without the cross-attention k/v (`appearance` stilled the motion)
+SUBJECT_RATE = 1e-3  # composed with the bounce and the orbit, ahead of the motion's 3e-3 (docs/ablation.md)
 _PRIOR_SEED_OFFSET = 500  # clip seeds of the prior-preservation prompts, apart from the new-appearance ones
 
 
@@ -504,23 +504,23 @@ def _base_prior(s: _Settings, seed: int):
 def _composition_seed(s: _Settings, default_run: dict) -> dict:
     """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back."""
     folder = s.out / "composition" / f"s{default_run['seed']}"
+    subject = _subject_config(s, default_run["seed"])
     identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
                 "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE],
-                "subject_preset": SUBJECT_PRESET}  # fmt: skip
+                "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject)}}  # fmt: skip
     return _recorded(folder / "composition.json", identity, partial(_composition_seed_now, s, default_run, folder))
 
 
 def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict:
     """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
     trained apart and loaded together, then with per-group weights, and trained jointly (the motion's layers and the
-    subject's). {method: scores}. A motion adapter on the temporal layers alone has no spatial group to turn off:
-    its per-group weights are all 1.0, the composed pipeline's, so its scores are the composed ones, not sampled
-    twice."""
+    subject's). {method: scores}. Per-group weights keep the subject to its spatial groups and the motion to its
+    temporal one; where neither adapter has a group to turn off they are the composed pipeline's, whose scores are
+    then reused, not sampled twice."""
     motion, seed = default_run["motion"], default_run["seed"]
     images = _write_subject_images(folder / "subject-images", seed=seed)
-    config = _config(s, GRID_DEFAULT, seed=seed, learning_rate=None)
     train_subject(_fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,
-                  output_dir=folder / SUBJECT_TOKEN, config=config, preset=SUBJECT_PRESET)  # fmt: skip
+                  output_dir=folder / SUBJECT_TOKEN, config=_subject_config(s, seed))  # fmt: skip
     scores = {}
     pipe = _fresh_pipe(s)
     load_motion_adapter(pipe, folder / SUBJECT_TOKEN, adapter_name=SUBJECT_TOKEN)
@@ -538,6 +538,7 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict
 
     write_examples(folder / "examples", motion, seed=seed)
     write_regularization(folder / "regularization", seed=seed)
+    config = _config(s, GRID_DEFAULT, seed=seed, learning_rate=None)
     joint = config.replace(max_train_steps=2 * s.steps, motion_first_steps=s.steps // 2)
     pipe = _fresh_pipe(s)
     train_subject(pipe, data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD, output_dir=folder / "joint",
@@ -545,6 +546,11 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict
                   motion_token=TOKEN, reg_data=folder / "regularization")  # fmt: skip
     scores["joint"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "joint.png")
     return scores
+
+
+def _subject_config(s: _Settings, seed: int) -> TrainConfig:
+    """The grid default's recipe at the subject's rate; `train_subject` picks the layers (`subject_preset`)."""
+    return _config(s, GRID_DEFAULT, seed=seed, learning_rate=SUBJECT_RATE)
 
 
 def _composition_summary(motion: str, per_seed: list[dict]) -> dict:

@@ -111,10 +111,7 @@ def train_subject(
 ) -> TrainResult:
     """Teach `pipe` a subject from still images of `data`, as a new token whose embedding starts from `class_word`.
 
-    Only spatial layers and the token's embedding are trained: preset "subject", the spatial attention but for the
-    cross-attention k/v, so that the subject leaves the other words, a motion's token among them, read as before and
-    loads beside motion adapters (preset "appearance", with the k/v, stilled the motion it was composed with on the
-    tiny world: docs/ablation.md, Composition). Images are one-frame clips,
+    The token's embedding and the layers of `subject_preset(config)` are trained. Images are one-frame clips,
     with the temporal layers bypassed (`config.bypass_temporal_on_images`: off for a base trained on video from the
     start, whose spatial layers never ran alone). With `motion_data` and `motion_token`, the paper's joint
     schedule: the motion alone for `config.motion_first_steps` steps, then both, each step drawn from one of the
@@ -124,7 +121,7 @@ def train_subject(
     joint = motion_data is not None
     if joint != (motion_token is not None):
         raise ValueError("joint training needs both motion_data and motion_token")
-    preset = preset or ("motion+appearance" if joint else "subject")
+    preset = preset or ("motion+appearance" if joint else subject_preset(config))
     accelerator = _accelerator(config, output_dir, images=True)
     template = caption_template.replace("{class_word}", class_word)
     cache = Path(output_dir) / "latent_cache"
@@ -146,6 +143,15 @@ def train_subject(
         prompt_template=template.replace("{token}", token), learned=[(token, class_word)],
         targets=targets, reg=reg, schedule=schedule,
     )  # fmt: skip
+
+
+def subject_preset(config: TrainConfig) -> str:
+    """The layers a subject adapter trains unless told: "subject", the spatial attention but the cross-attention k/v
+    (through which every word of a prompt is read, a motion's token too), plus the temporal layers where the images
+    run through them (`bypass_temporal_on_images` off). On the tiny world, whose images run through them, a subject
+    on the spatial layers alone (with or without the k/v) stilled the motion adapter loaded beside it, and one that
+    also trained the temporal layers kept it (docs/ablation.md, Composition)."""
+    return "subject" if config.bypass_temporal_on_images else "subject+temporal"
 
 
 # ---------------------------------------------------------------- the loop

@@ -88,7 +88,8 @@ def test_every_output_is_written_and_parses(results):
         assert 0.0 <= record["motion_accuracy"] <= 1.0 and record["adapter_bytes"] > 0 and record["train_seconds"] > 0
         assert len(record["clips"]) == 2 * ablation.SAMPLES_PER_PROMPT
     assert set(saved["composition"]["methods"]) == {"separate, composed", "separate, per-group weights", "joint"}
-    assert inspect(out / "composition" / "s0" / ablation.SUBJECT_TOKEN).preset == ablation.SUBJECT_PRESET
+    subject = inspect(out / "composition" / "s0" / ablation.SUBJECT_TOKEN)
+    assert subject.preset == "subject+temporal"  # the world's images run through the temporal layers
     with Image.open(out / "plot.png") as image:
         image.verify()
 

@@ -234,6 +234,8 @@ def test_subject_images_bypass_the_temporal_layers_unless_told_not_to(pipe, tmp_
     ma.train_subject(pipe, data=write_images(tmp_path / "photos"), token="<sks>", class_word="dog",
                      output_dir=tmp_path / "out", config=config)
     assert entered == ([len(loop._temporal_blocks(pipe.unet))] * 3 if bypass else [])
+    # images that run through the temporal layers train them too
+    assert ma.inspect(tmp_path / "out").preset == ("subject" if bypass else "subject+temporal")
 
 
 def test_joint_subject_and_motion_make_one_adapter_with_both_tokens(pipe, clips, tmp_path):
