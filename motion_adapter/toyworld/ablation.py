@@ -83,7 +83,7 @@ SUBJECT_TOKEN = "sks"
 SUBJECT_SHAPE = HELD_OUT_SHAPES[0]
 SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave): the token's first embedding
 SUBJECT_COLORS = ("red", "blue", "green")
-SUBJECT_IMAGES = 8
+SUBJECT_IMAGES = 16  # eight drew the star in about half the composed clips, sixteen in most (docs/ablation.md)
 SUBJECT_RATE = 1e-3  # composed with the bounce and the orbit, ahead of the motion's 3e-3 (docs/ablation.md)
 _PRIOR_SEED_OFFSET = 500  # clip seeds of the prior-preservation prompts, apart from the new-appearance ones
 
@@ -507,7 +507,8 @@ def _composition_seed(s: _Settings, default_run: dict) -> dict:
     subject = _subject_config(s, default_run["seed"])
     identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
                 "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE],
-                "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject)}}  # fmt: skip
+                "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject),
+                            "images": SUBJECT_IMAGES}}  # fmt: skip
     return _recorded(folder / "composition.json", identity, partial(_composition_seed_now, s, default_run, folder))
 
 
