@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--token", required=True, help="the new word for the subject, e.g. sks")
     subject.add_argument("--class-word", required=True, help="what the subject is, e.g. dog (initialises the token)")
     subject.add_argument("--output-dir", required=True, help="where the adapter folder is written")
-    subject.add_argument("--subject-preset", default=None, help="layers (default: subject, or motion+appearance)")
+    subject.add_argument("--subject-preset", default=None, help="layers (default: subject, +temporal where images run "
+                         "through the temporal layers; joint: motion+appearance)")
     subject.add_argument("--motion-data", default=None, help="clips of a motion, for joint subject+motion training")
     subject.add_argument("--motion-token", default=None, help="the motion's token, for joint training")
     subject.add_argument("--reg-data", default=None, help="folder of regularization clips")

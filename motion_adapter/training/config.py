@@ -36,8 +36,8 @@ class TrainConfig:
     max_train_steps: int = _field(400, "optimizer steps to train")
     learning_rate: float | None = _field(None, "AdamW learning rate; None picks the tuning's default "
                                          "(lora 1e-4, full 5e-6)")
-    preset: str = _field("motion", "layers to customize: motion, temporal, spatial-kv, appearance, a+b, or a regex "
-                         "(train_subject: its own preset= argument)")
+    preset: str = _field("motion", "layers to customize: motion, temporal, spatial-kv, appearance, subject, a+b, "
+                         "or a regex (train_subject: its own preset= argument)")
     tuning: str = _field("lora", "lora: low-rank adapter; full: a full delta of the selected weights")
     rank: int = _field(16, "LoRA rank")
     alpha: float | None = _field(None, "LoRA alpha; None means alpha = rank (scale 1)")
