@@ -42,7 +42,7 @@ _PRESETS = {
     "spatial-kv": ("spatial_kv",),
     "appearance": ("spatial_kv", "spatial_attn"),  # every spatial attention projection
     # The same without the cross-attention k/v (the spatial_kv role matches them first), through which every word of
-    # a prompt is read: a subject that leaves the other words, a motion's token among them, read as before.
+    # a prompt is read, a motion's token too: for subjects (`train_subject`'s default, with "temporal" on some bases).
     "subject": ("spatial_attn",),
 }
 

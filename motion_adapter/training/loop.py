@@ -148,9 +148,9 @@ def train_subject(
 def subject_preset(config: TrainConfig) -> str:
     """The layers a subject adapter trains unless told: "subject", the spatial attention but the cross-attention k/v
     (through which every word of a prompt is read, a motion's token too), plus the temporal layers where the images
-    run through them (`bypass_temporal_on_images` off). On the tiny world, whose images run through them, a subject
-    on the spatial layers alone (with or without the k/v) stilled the motion adapter loaded beside it, and one that
-    also trained the temporal layers kept it (docs/ablation.md, Composition)."""
+    run through them (`bypass_temporal_on_images` off). On the tiny world, whose images run through them, subjects
+    on the spatial layers alone (with or without the k/v) stilled every clip of the motion adapter loaded beside
+    them at one seed of two; trained with the temporal layers too, they kept it (docs/ablation.md, Composition)."""
     return "subject" if config.bypass_temporal_on_images else "subject+temporal"
 
 
