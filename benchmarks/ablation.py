@@ -1,6 +1,7 @@
 """The paper's ablation on the tiny world (`motion_adapter.toyworld.ablation.run_ablation`): runs.json, table.md,
 plot.png in --out. The full grid adds up to about 2 h 58 min on 2 CPU cores (docs/ablation.md, made in two parts,
-the second reading the first's runs back), --quick 7 min 49 s.
+the second reading the first's runs back; about 2 h 30 min estimated with the batched training step since then),
+--quick 6 min 3 s.
 
     python benchmarks/ablation.py [--quick] [--out DIR] [--base PIPELINE_DIR] [--variants default motion ...]
 """
