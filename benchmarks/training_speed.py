@@ -4,7 +4,9 @@
    data (goal: at most 1.10x). Per-step time of the library is taken as the difference between a short and a
    long run, so its one-off set-up (caching, saving) is not counted; the hand loop is timed after a warm-up.
 2. The speed-up from latent caching: `latent_cache="memory"` against "off" (encode every step).
-3. Peak memory that training adds (max resident set during training minus before it, each run in a fresh
+3. A step with one regularization clip against a step without: the two clips go through the denoiser as one
+   batch, so it costs less than two steps.
+4. Peak memory that training adds (max resident set during training minus before it, each run in a fresh
    process, on 16 frames of 64x64 so that activations dominate) with and without gradient checkpointing.
 
     python benchmarks/training_speed.py [--rounds 3] [--steps 20]
@@ -41,13 +43,16 @@ def mid_size_pipeline():
     return pipe
 
 
-def write_data(folder: Path) -> Path:
+def write_data(folder: Path, caption: str | None = None) -> Path:
+    """Four clips of a square moving right; with `caption`, each gets it in a .txt beside it (regularization clips)."""
     rng = np.random.default_rng(0)
     for i in range(4):
         frames = np.zeros((FRAMES + 4, SIZE, SIZE, 3), np.uint8)
         for f in range(frames.shape[0]):
             frames[f, 8:20, 2 + f : 14 + f] = rng.integers(100, 255, 3)
         write_video(folder / f"clip{i}.gif", frames)
+        if caption:
+            (folder / f"clip{i}.txt").write_text(caption)
     return folder
 
 
@@ -55,10 +60,11 @@ def config(steps: int, **changes) -> ma.TrainConfig:
     return ma.TrainConfig(max_train_steps=steps, num_frames=FRAMES, height=SIZE, width=SIZE, rank=16, **changes)
 
 
-def library_seconds(data: Path, steps: int, **changes) -> float:
+def library_seconds(data: Path, steps: int, reg_data: Path | None = None, **changes) -> float:
     out = Path(tempfile.mkdtemp())
     start = time.perf_counter()
-    ma.train_motion(mid_size_pipeline(), data=data, token="pll", output_dir=out, config=config(steps, **changes))
+    ma.train_motion(mid_size_pipeline(), data=data, token="pll", output_dir=out, reg_data=reg_data,
+                    config=config(steps, **changes))  # fmt: skip
     return time.perf_counter() - start
 
 
@@ -130,14 +136,17 @@ def main(argv=None):
         return peak_memory_child(args.memory_child_checkpointing)
 
     data = write_data(Path(tempfile.mkdtemp()))
+    reg = write_data(Path(tempfile.mkdtemp()), caption="a square moving right")
     short, long_ = 5, 5 + args.steps
-    library, hand, uncached = [], [], []
+    library, hand, uncached, regularized = [], [], [], []
     for _ in range(args.rounds):  # interleaved: every measurement sees the same machine
         library.append((library_seconds(data, long_) - library_seconds(data, short)) / args.steps)
         hand.append(hand_loop_seconds_per_step(data, args.steps))
         uncached.append((library_seconds(data, long_, latent_cache="off") -
                          library_seconds(data, short, latent_cache="off")) / args.steps)  # fmt: skip
+        regularized.append((library_seconds(data, long_, reg) - library_seconds(data, short, reg)) / args.steps)
     lib, ref, off = statistics.median(library), statistics.median(hand), statistics.median(uncached)
+    with_reg = statistics.median(regularized)
     params = sum(p.numel() for p in mid_size_pipeline().unet.parameters())
     print(f"UNet3D of {params / 1e6:.1f} M parameters, {FRAMES} frames of {SIZE}x{SIZE}, rank 16, 1 thread, "
           f"median of {args.rounds} rounds\n")  # fmt: skip
@@ -148,6 +157,8 @@ def main(argv=None):
     print(f"| ratio library / hand loop (goal <= 1.10) | {lib / ref:.2f}x |")
     print(f"| latent_cache=off, s/step | {off:.3f} |")
     print(f"| speed-up from latent caching | {off / lib:.2f}x |")
+    print(f"| with one regularization clip a step, s/step | {with_reg:.3f} |")
+    print(f"| ratio to a step without (two passes: about 2x) | {with_reg / lib:.2f}x |")
     without, with_ = peak_memory(False), peak_memory(True)
     print(f"| peak memory added by training (16 frames of 64x64), no gradient checkpointing | {without:.0f} MB |")
     print(f"| the same with gradient checkpointing | {with_:.0f} MB ({with_ / without:.2f}x) |")
