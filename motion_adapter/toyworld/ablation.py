@@ -506,15 +506,16 @@ def _base_prior(s: _Settings, seed: int):
 def _composition_seed(s: _Settings, default_run: dict) -> dict:
     """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back."""
     folder = s.out / "composition" / f"s{default_run['seed']}"
-    subject = _subject_config(s, default_run["seed"])
+    subject = _config(s, GRID_DEFAULT, seed=default_run["seed"], learning_rate=SUBJECT_RATE)  # layers: subject_preset
     identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
                 "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE],
                 "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject),
                             "images": SUBJECT_IMAGES}}  # fmt: skip
-    return _recorded(folder / "composition.json", identity, partial(_composition_seed_now, s, default_run, folder))
+    return _recorded(folder / "composition.json", identity,
+                     partial(_composition_seed_now, s, default_run, folder, subject))  # fmt: skip
 
 
-def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict:
+def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, subject: TrainConfig) -> dict:
     """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
     trained apart and loaded together, then with per-group weights, and trained jointly (the motion's layers and the
     subject's). {method: scores}. Per-group weights keep the subject to its spatial groups and the motion to its
@@ -523,7 +524,7 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict
     motion, seed = default_run["motion"], default_run["seed"]
     images = _write_subject_images(folder / "subject-images", seed=seed)
     train_subject(_fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,
-                  output_dir=folder / SUBJECT_TOKEN, config=_subject_config(s, seed))  # fmt: skip
+                  output_dir=folder / SUBJECT_TOKEN, config=subject)  # fmt: skip
     scores = {}
     pipe = _fresh_pipe(s)
     load_motion_adapter(pipe, folder / SUBJECT_TOKEN, adapter_name=SUBJECT_TOKEN)
@@ -549,11 +550,6 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path) -> dict
                   motion_token=TOKEN, reg_data=folder / "regularization")  # fmt: skip
     scores["joint"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "joint.png")
     return scores
-
-
-def _subject_config(s: _Settings, seed: int) -> TrainConfig:
-    """The grid default's recipe at the subject's rate; `train_subject` picks the layers (`subject_preset`)."""
-    return _config(s, GRID_DEFAULT, seed=seed, learning_rate=SUBJECT_RATE)
 
 
 def _composition_summary(motion: str, per_seed: list[dict]) -> dict:
