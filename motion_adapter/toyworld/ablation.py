@@ -64,7 +64,6 @@ from ..video import save_grid
 from .demo import (
     EXAMPLE_APPEARANCES,
     GUIDANCE,
-    INFERENCE_STEPS,
     NEW_APPEARANCES,
     TOKEN,
     train_config,
@@ -81,6 +80,10 @@ LORA_RATES = (1e-3, 3e-3, 1e-2)  # around the demo's 3e-3
 FULL_RATES = (1e-4, 3e-4, 1e-3)  # a full delta moves every weight: smaller steps
 DEFAULT_EXAMPLES = 6  # the demo's: three appearances, two clips each
 SAMPLES_PER_PROMPT = 2  # each new-appearance prompt is generated with this many seeds
+# DDIM steps of every scored clip, half the demo's 20: the base reads its own motions alike at 8 to 20 steps, and
+# adapters score the same within a clip's noise (docs/ablation.md, "How far to trust a number"); sampling is
+# a quarter of a run's cost at 20.
+SCORING_STEPS = 10
 SUBJECT_TOKEN = "sks"
 SUBJECT_SHAPE = HELD_OUT_SHAPES[0]
 SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave): the token's first embedding
@@ -203,7 +206,7 @@ def run_ablation(
     results = {
         "settings": {"motions": motions, "seeds": seeds, "steps": s.steps, "prompts_per_run": s.prompts_per_run,
                      "samples_per_prompt": SAMPLES_PER_PROMPT, "prior_prompts": s.prior_prompts, "quick": quick,
-                     "inference_steps": INFERENCE_STEPS, "guidance_scale": GUIDANCE, "workers": workers},
+                     "inference_steps": SCORING_STEPS, "guidance_scale": GUIDANCE, "workers": workers},
         "variants": [dataclasses.asdict(v) for v in grid],
         "base_prior_accuracy": {}, "runs": [], "lr_sweeps": {}, "composition": None,
     }  # fmt: skip
@@ -364,7 +367,7 @@ def _train_and_score(
     config = _config(s, variant, seed=seed, learning_rate=learning_rate)
     identity = {"base": s.base, "variant": dataclasses.asdict(variant), "config": dataclasses.asdict(config),
                 "motion": motion, "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts,
-                "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE]}  # fmt: skip
+                "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE]}  # fmt: skip
     return _recorded(folder / "run.json", identity, partial(_train_and_score_now, s, variant, motion, seed, config,
                                                             folder))  # fmt: skip
 
@@ -461,8 +464,8 @@ def new_appearance_prompts(count: int) -> list[str]:
 
 
 def _sample(pipe, prompts: list[str], *, seed: int) -> list[np.ndarray]:
-    """Clips with the world's inference settings (the demo's), batched; clip i is seeded `seed + i`."""
-    return sample_clips(pipe, prompts, seed=seed, num_inference_steps=INFERENCE_STEPS, guidance_scale=GUIDANCE)
+    """Clips with the demo's guidance and SCORING_STEPS steps, batched; clip i is seeded `seed + i`."""
+    return sample_clips(pipe, prompts, seed=seed, num_inference_steps=SCORING_STEPS, guidance_scale=GUIDANCE)
 
 
 def _score(s: _Settings, pipe, *, motion: str, seed: int, appearances, folder: Path, name: str = "samples") -> dict:
@@ -508,7 +511,7 @@ def _composition_seed(s: _Settings, default_run: dict) -> dict:
     folder = s.out / "composition" / f"s{default_run['seed']}"
     subject = _config(s, GRID_DEFAULT, seed=default_run["seed"], learning_rate=SUBJECT_RATE)  # layers: subject_preset
     identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
-                "sampling": [SAMPLES_PER_PROMPT, INFERENCE_STEPS, GUIDANCE],
+                "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE],
                 "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject),
                             "images": SUBJECT_IMAGES}}  # fmt: skip
     return _recorded(folder / "composition.json", identity,
@@ -667,10 +670,10 @@ def format_table(results: dict) -> str:
         "",
         f"Motions {', '.join(settings['motions'])}; seeds {', '.join(map(str, settings['seeds']))}; "
         f"{settings['steps']} training steps; {settings['prompts_per_run']} new-appearance prompts x "
-        f"{settings['samples_per_prompt']} samples per run. Accuracy and copy in percent, mean ± standard deviation "
-        "over motions and seeds; prior preservation in points: motion accuracy on "
-        f"{settings['prior_prompts']} pretraining prompts with the adapter minus the base's (the base's: "
-        f"{', '.join(f'{100 * a:.0f}%' for a in results['base_prior_accuracy'].values())}).",
+        f"{settings['samples_per_prompt']} samples per run, {settings['inference_steps']} DDIM steps. Accuracy and "
+        "copy in percent, mean ± standard deviation over motions and seeds; prior preservation in points: "
+        f"motion accuracy on {settings['prior_prompts']} pretraining prompts with the adapter minus the base's "
+        f"(the base's: {', '.join(f'{100 * a:.0f}%' for a in results['base_prior_accuracy'].values())}).",
         "",
         "| factor | setting | accuracy | copy | prior preservation | adapter | train time | learning rate |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
