@@ -1,7 +1,6 @@
 """The paper's ablation on the tiny world (`motion_adapter.toyworld.ablation.run_ablation`): runs.json, table.md,
-plot.png in --out. The full grid adds up to about 2 h 58 min on 2 CPU cores (docs/ablation.md, made in two parts,
-the second reading the first's runs back; about 2 h 30 min estimated with the batched training step since then),
---quick 6 min 3 s.
+plot.png in --out. The full grid took 2 h 2 min 47 s on 2 CPU cores, made from nothing at commit 5d1da96
+(docs/ablation.md); --quick 6 min 3 s at commit 6996b65 (scoring at 20 DDIM steps then).
 
     python benchmarks/ablation.py [--quick] [--out DIR] [--base PIPELINE_DIR] [--variants default motion ...]
 """

@@ -26,8 +26,9 @@ another (one example and one regularization clip a step; no regularization is th
 regularization the dearest), sampling and scoring its 24 clips about 25 s of that. The 2-hour budget is not
 met; 100 steps would fit, but learned next to nothing (at most 12% in 14 runs on the zigzag and the orbit, in a
 grid stopped early).
-Since commit 3a50f44 a step's two clips share one forward pass (0.21 against 0.27 s a step), so a grid made from
-nothing again should take about 2 h 30 min: an estimate from the records, not a measured run.
+Since then a step's two clips share one forward pass (0.21 against 0.27 s a step, commit 3a50f44) and clips are
+scored with 10 DDIM steps (`SCORING_STEPS`): the full grid made from nothing at commit 5d1da96 took 7,367 s
+(2 h 2 min 47 s), still just over the budget; a run 43 to 78 s of training beside another, 13 s of scoring.
 `QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 6 min 3 s with two workers
 at commit 6996b65, nothing else running.
 """
