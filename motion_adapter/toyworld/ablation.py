@@ -82,7 +82,7 @@ FULL_RATES = (1e-4, 3e-4, 1e-3)  # a full delta moves every weight: smaller step
 DEFAULT_EXAMPLES = 6  # the demo's: three appearances, two clips each
 SAMPLES_PER_PROMPT = 2  # each new-appearance prompt is generated with this many seeds
 # DDIM steps of every scored clip, half the demo's 20: the base reads its own motions alike at 8 to 20 steps, and
-# adapters score the same within a clip's noise (docs/ablation.md, "How far to trust a number"); sampling is
+# adapters score the same within a clip's noise (docs/ablation.md, "Scoring steps"); sampling is
 # a quarter of a run's cost at 20.
 SCORING_STEPS = 10
 SUBJECT_TOKEN = "sks"
