@@ -29,8 +29,8 @@ grid stopped early).
 Since then a step's two clips share one forward pass (0.21 against 0.27 s a step, commit 3a50f44) and clips are
 scored with 10 DDIM steps (`SCORING_STEPS`): the full grid made from nothing at commit 5d1da96 took 7,367 s
 (2 h 2 min 47 s), still just over the budget; a run 42 to 78 s of training beside another, 13 s of scoring.
-`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 6 min 3 s with two workers
-at commit 6996b65, nothing else running.
+`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 5 min 1 s with two workers
+at commit 1722010, nothing else running (6 min 3 s at 6996b65, scoring at 20 steps).
 """
 
 import dataclasses
