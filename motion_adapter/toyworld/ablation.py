@@ -44,7 +44,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -216,13 +216,10 @@ def run_ablation(
     total = len(seeds) + sum(len(cells) + max(len(v.learning_rates) - 1, 0) for v in unique)
     progress = tqdm(total=total + (len(seeds) if composition else 0), desc="ablation runs", unit="run")
     with _pool(workers, s.out / "logs") as pool:
-        reports = _map(pool, [partial(_base_prior, s, seed) for seed in seeds], progress)
-        s.base_prior = dict(zip(seeds, reports))
-        results["base_prior_accuracy"] = {str(seed): r.motion_accuracy for seed, r in s.base_prior.items()}
-        runs = _grid(s, pool, unique, cells, results, progress)
-        if composition:
-            jobs = [partial(_composition_seed, s, runs[("default", motions[0], seed)]) for seed in seeds]
-            results["composition"] = _composition_summary(motions[0], _map(pool, jobs, progress))
+        jobs = [(_FIRST, partial(_base_prior, s, seed), partial(_keep, s.base_prior, seed)) for seed in seeds]
+        _run_jobs(pool, workers, jobs, progress)  # every run's scoring needs the base's
+        results["base_prior_accuracy"] = {str(seed): s.base_prior[seed].motion_accuracy for seed in seeds}
+        runs = _grid(s, pool, workers, unique, cells, results, progress, composition=composition)
     progress.close()
     results["runs"] = [runs[(v.name, *cell)] for v in unique for cell in cells]
     results["summary"] = summarize(results["runs"])
@@ -271,66 +268,96 @@ def _start_worker(log_dir: Path) -> None:
     sys.stderr = open(log_dir / f"worker-{os.getpid()}.log", "a", buffering=1)  # noqa: SIM115 (the worker's life)
 
 
-def _map(pool, jobs: list[partial], progress) -> list:
-    """Run jobs (callables of no argument) here or in the pool; their results in the order of the jobs."""
-    if pool is None:
-        results = []
-        for job in jobs:
-            results.append(job())
+# A job's rank: lower ranks start first. Long jobs that others wait on go first, and the short scorings of
+# compressed adapters last, where they fill the gaps left by the last trainings.
+_FIRST, _TRAINING, _LAST = 0, 1, 2
+
+
+def _run_jobs(pool, workers: int, jobs: list[tuple[int, Callable, Callable]], progress) -> None:
+    """Run jobs (rank, work, then) here or in the pool, lowest rank first (in order within a rank), at most
+    `workers` at a time; `then(result)` runs here when `work` is done and returns the jobs that now can start.
+
+    Jobs are handed out one by one, so the order holds and nothing waits for a whole stage to end.
+    """
+    waiting, running = list(jobs), {}
+    while waiting or running:
+        waiting.sort(key=lambda job: job[0])  # stable: a rank's jobs keep their order
+        if waiting and pool is None:
+            _, work, then = waiting.pop(0)
+            waiting += then(work())
             progress.update(1)
-        return results
-    futures = [pool.submit(job) for job in jobs]
-    for _ in as_completed(futures):
-        progress.update(1)
-    return [future.result() for future in futures]
+        elif waiting and len(running) < workers:
+            _, work, then = waiting.pop(0)
+            running[pool.submit(work)] = then
+        else:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                waiting += running.pop(future)(future.result())
+                progress.update(1)
 
 
-def _grid(s: _Settings, pool, variants: list[Variant], cells: list[tuple[str, int]], results: dict, progress) -> dict:
-    """Every run of the grid: the sweeps, the other trainings, then the scores of the compressed adapters.
+def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list[tuple[str, int]], results: dict,
+          progress, *, composition: bool) -> dict:  # fmt: skip
+    """Every run of the grid, each started as soon as what it needs is done: the learning-rate sweeps (on the first
+    cell), the other trainings, the scores of the compressed adapters, and the composition study (on the first
+    motion's default runs), whose summary goes to results["composition"].
 
     Returns {(variant, motion, seed): run}.
     """
-    swept = _sweeps(s, pool, variants, cells[0], results, progress)  # variant name -> its run on cells[0]
-    rate = {name: run["learning_rate"] for name, run in swept.items()}
-    todo = [(v, cell) for v in variants if not v.compressed_of for cell in cells
-            if not (v.name in swept and cell == cells[0])]  # fmt: skip
-    jobs = [partial(_train_and_score, s, v, motion=motion, seed=seed, learning_rate=rate.get(v.name))
-            for v, (motion, seed) in todo]  # fmt: skip
-    runs = {_key(r): r for r in [*_map(pool, jobs, progress), *swept.values()]}
-    jobs = [partial(_score_compressed, s, v, runs[(v.compressed_of, *cell)])
-            for v in variants if v.compressed_of for cell in cells]  # fmt: skip
-    runs.update({_key(r): r for r in _map(pool, jobs, progress)})
+    runs, swept, composed = {}, {}, {}
+
+    def train(v: Variant, motion: str, seed: int, rate: float | None = None, folder: Path | None = None):
+        return partial(_train_and_score, s, v, motion=motion, seed=seed, learning_rate=rate, folder=folder)
+
+    def ran(run: dict) -> list:
+        runs[_key(run)] = run
+        after = [(_LAST, partial(_score_compressed, s, v, run), ran)
+                 for v in variants if v.compressed_of == run["variant"]]  # fmt: skip
+        if composition and run["variant"] == GRID_DEFAULT.name and run["motion"] == cells[0][0]:
+            after.append((_FIRST, partial(_composition_seed, s, run), partial(_keep, composed, run["seed"])))
+        return after
+
+    def sweep_ran(v: Variant, run: dict) -> list:
+        swept.setdefault(v.name, []).append(run)
+        if len(swept[v.name]) < len(v.learning_rates):
+            return []
+        best = _choose_rate(v, swept[v.name], results)  # also this variant's run on cells[0]
+        rest = [(_TRAINING, train(v, motion, seed, best["learning_rate"]), ran) for motion, seed in cells[1:]]
+        return ran(best) + rest
+
+    motion, seed = cells[0]
+    jobs = [(_FIRST, train(v, motion, seed, rate, folder=s.out / "sweeps" / v.name / f"lr-{rate:g}"),
+             partial(sweep_ran, v)) for v in variants for rate in v.learning_rates]  # fmt: skip
+    jobs += [(_TRAINING, train(v, motion, seed), ran)
+             for v in variants if not v.learning_rates and not v.compressed_of for motion, seed in cells]  # fmt: skip
+    _run_jobs(pool, workers, jobs, progress)
+    if composition:
+        per_seed = [composed[seed] for motion, seed in cells if motion == cells[0][0]]
+        results["composition"] = _composition_summary(cells[0][0], per_seed)
     return runs
+
+
+def _keep(into: dict, key, value) -> list:
+    """A job's `then` that keeps its result under `key` and starts nothing more."""
+    into[key] = value
+    return []
 
 
 def _key(run: dict) -> tuple[str, str, int]:
     return run["variant"], run["motion"], run["seed"]
 
 
-def _sweeps(s: _Settings, pool, variants: list[Variant], cell: tuple[str, int], results: dict, progress) -> dict:
-    """Train each variant that has rates to sweep at each rate on one motion and seed; keep the most accurate.
-
-    Ties go to the lower copy score, then to the earlier rate. Records every sweep in results["lr_sweeps"];
-    returns {variant name: the chosen rate's run}, which is also that variant's run for this cell.
-    """
-    motion, seed = cell
-    swept = [(v, rate) for v in variants for rate in v.learning_rates]
-    jobs = [partial(_train_and_score, s, v, motion=motion, seed=seed, learning_rate=rate,
-                    folder=s.out / "sweeps" / v.name / f"lr-{rate:g}") for v, rate in swept]  # fmt: skip
-    records = _map(pool, jobs, progress)
-    chosen = {}
-    for v in variants:
-        if not v.learning_rates:
-            continue
-        runs = [r for (w, _), r in zip(swept, records) if w is v]
-        best = max(runs, key=lambda r: (r["motion_accuracy"], -(r["copy_score"] or 0.0)))
-        results["lr_sweeps"][v.name] = {
-            "motion": motion, "seed": seed, "chosen": best["learning_rate"],
-            "rates": [{key: r[key] for key in ("learning_rate", "motion_accuracy", "copy_score", "prior_preservation",
-                                               "final_loss")} for r in runs],
-        }  # fmt: skip
-        chosen[v.name] = best
-    return chosen
+def _choose_rate(v: Variant, runs: list[dict], results: dict) -> dict:
+    """The most accurate of a variant's sweep runs, recorded in results["lr_sweeps"]; ties go to the lower copy
+    score, then to the earlier rate."""
+    runs = sorted(runs, key=lambda r: v.learning_rates.index(r["learning_rate"]))
+    best = max(runs, key=lambda r: (r["motion_accuracy"], -(r["copy_score"] or 0.0)))
+    results["lr_sweeps"][v.name] = {
+        "motion": best["motion"], "seed": best["seed"], "chosen": best["learning_rate"],
+        "rates": [{key: r[key] for key in ("learning_rate", "motion_accuracy", "copy_score", "prior_preservation",
+                                           "final_loss")} for r in runs],
+    }  # fmt: skip
+    return best
 
 
 def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:

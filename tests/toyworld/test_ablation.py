@@ -62,11 +62,22 @@ def test_the_command_line_calls_the_ablation():
     assert args.run is _ablate and args.quick and args.out == "x"
 
 
-def test_jobs_give_the_same_results_in_worker_processes(tmp_path):
-    jobs = [functools.partial(math.comb, n, 2) for n in range(2, 7)]
-    with ablation._pool(1, tmp_path) as here, ablation._pool(2, tmp_path / "logs") as pool:
-        assert here is None
-        assert ablation._map(pool, jobs, tqdm(disable=True)) == ablation._map(here, jobs, tqdm(disable=True))
+def test_jobs_run_lowest_rank_first_and_start_the_jobs_they_unlock(tmp_path):
+    for workers in (1, 2):
+        finished = []
+
+        def then(result):
+            finished.append(result)
+            return [(0, functools.partial(math.comb, 10, 2), then)] if result == 3 else []  # 3 unlocks 45
+
+        jobs = [(2, functools.partial(pow, 2, 5), then), (1, functools.partial(math.comb, 3, 2), then),
+                (1, functools.partial(math.comb, 4, 2), then)]  # fmt: skip
+        with ablation._pool(workers, tmp_path / "logs") as pool:
+            ablation._run_jobs(pool, workers, jobs, tqdm(disable=True))
+        if workers == 1:
+            assert finished == [3, 45, 6, 32]
+        else:  # in worker processes the order of finishing is the workers', the results the same
+            assert sorted(finished) == [3, 6, 32, 45]
     assert list((tmp_path / "logs").glob("worker-*.log"))
 
 
