@@ -664,11 +664,22 @@ def summarize(runs: list[dict]) -> dict:
                 motion: float(np.mean([r["motion_accuracy"] for r in group if r["motion"] == motion]))
                 for motion in dict.fromkeys(r["motion"] for r in group)
             },
+            "motion_accuracy_by_shape": _accuracy_by_shape(group),
             "adapter_bytes": int(np.mean([r["adapter_bytes"] for r in group])),
             "learning_rate": group[0]["learning_rate"],
         }
         for name, group in by_variant.items()
     }
+
+
+def _accuracy_by_shape(runs: list[dict]) -> dict[str, float]:
+    """Motion accuracy over every clip of the runs, by the shape its prompt asks for: where a motion is lost."""
+    hits: dict[str, list[bool]] = {}
+    for run in runs:
+        for clip in run["clips"]:
+            shape = parse_caption(clip["prompt"], {TOKEN: run["motion"]})[0]
+            hits.setdefault(shape, []).append(clip["motion"] == run["motion"])
+    return {shape: float(np.mean(flags)) for shape, flags in sorted(hits.items())}
 
 
 def _labels(results: dict) -> list[tuple[str, str, str]]:
@@ -690,7 +701,7 @@ def _size(num_bytes: int) -> str:
 
 def format_table(results: dict) -> str:
     """table.md: a row per variant, grouped by factor (accuracy / copy as the paper shows them), then each variant's
-    accuracy per motion, the sweeps and the composition."""
+    accuracy per motion, per run and by the shape asked for, the sweeps and the composition."""
     summary = results["summary"]
     settings = results["settings"]
     lines = [
@@ -723,6 +734,21 @@ def format_table(results: dict) -> str:
     for name, (factor, label) in rows.items():
         by_motion = summary[name]["motion_accuracy_by_motion"]
         lines.append(f"| {factor} | {label} | {' | '.join(_percent(by_motion.get(m)) for m in motions)} |")
+    seeds = settings["seeds"]
+    by_run = {_key(run): run for run in results["runs"]}
+    lines += ["", f"Per run (motion accuracy, percent; seed {' / seed '.join(map(str, seeds))}):", "",
+              f"| variant | {' | '.join(motions)} | mean |", "|---|" + "---|" * len(motions) + "---:|"]  # fmt: skip
+    for name in rows:
+        cells = [" / ".join(f"{100 * by_run[(name, motion, seed)]['motion_accuracy']:.0f}" for seed in seeds)
+                 for motion in motions]  # fmt: skip
+        lines.append(f"| {name} | {' | '.join(cells)} | {_percent(summary[name]['motion_accuracy'])} |")
+    shapes = sorted({shape for name in rows for shape in summary[name]["motion_accuracy_by_shape"]})
+    examples = ", ".join(f"{color} {shape}" for shape, color in EXAMPLE_APPEARANCES)
+    lines += ["", f"Accuracy by the shape the prompt asks for (percent of the variant's clips; the examples show a "
+              f"{examples}):", "", f"| variant | {' | '.join(shapes)} |", "|---|" + "---:|" * len(shapes)]  # fmt: skip
+    for name in rows:
+        by_shape = summary[name]["motion_accuracy_by_shape"]
+        lines.append(f"| {name} | {' | '.join(_percent(by_shape.get(shape)) for shape in shapes)} |")
     if results["lr_sweeps"]:
         lines += ["", "Learning-rate sweeps (one motion and seed; the most accurate rate is used for every run):", "",
                   "| variant | learning rate | accuracy | copy | final loss | chosen |",

@@ -57,6 +57,14 @@ def test_new_appearance_prompts_never_ask_for_an_example_appearance():
         assert (shape, color) not in EXAMPLE_APPEARANCES and motion == "zigzag"
 
 
+def test_accuracy_by_shape_counts_the_clips_that_ask_for_each_shape():
+    clips = [("a red cross doing the pll", "zigzag"), ("a blue cross doing the pll", None),
+             ("a red circle doing the pll", "zigzag"), ("a cyan circle doing the pll", "zigzag")]  # fmt: skip
+    runs = [{"motion": "zigzag", "clips": [{"prompt": prompt, "motion": found} for prompt, found in clips[:2]]},
+            {"motion": "zigzag", "clips": [{"prompt": prompt, "motion": found} for prompt, found in clips[2:]]}]
+    assert ablation._accuracy_by_shape(runs) == {"circle": 1.0, "cross": 0.5}
+
+
 def test_the_command_line_calls_the_ablation():
     args = build_parser().parse_args(["toyworld", "ablate", "--quick", "--out", "x"])
     assert args.run is _ablate and args.quick and args.out == "x"
@@ -117,6 +125,11 @@ def test_the_table_has_a_row_per_variant(results):
     assert per_motion[0] == "| factor | setting | zigzag |" and len(per_motion) == 2 + 2  # header, rule, 2 variants
     for name, row in zip(("default", "motion"), per_motion[2:]):
         assert row.endswith(f"| {100 * run['summary'][name]['motion_accuracy_by_motion']['zigzag']:.1f} |")
+    per_run = table.split("Per run")[1].split("\n\n")[1].splitlines()
+    assert per_run[0] == "| variant | zigzag | mean |" and [row.split(" | ")[0] for row in per_run[2:]] == [
+        "| default", "| motion"]  # fmt: skip
+    by_shape = table.split("by the shape the prompt asks for")[1].split("\n\n")[1].splitlines()
+    assert by_shape[0].startswith("| variant | ") and len(by_shape) == 2 + 2
     assert table.count("| separate, ") == 2 and "| joint |" in table
 
 
