@@ -11,11 +11,12 @@ composition of a subject ("sks", a star the base never saw, learned from still i
 trained apart and loaded together, with and without per-group weights, against the paper's joint training.
 
 Outputs in output_dir: runs.json (every run, the sweeps, the composition), table.md (the paper's layout:
-accuracy / copy per variant, grouped by factor; then each variant's accuracy per motion) and plot.png (one panel
-per factor); each run's folder keeps its examples, adapter, a picture of its first samples with what the
-evaluator read off them, and its record (run.json; composition.json for a composition study). Run again into the
-same folder, the grid reads back every run and study recorded there with the same base and settings and makes
-only the others: an interrupted grid resumes.
+accuracy / copy per variant, grouped by factor; then each variant's accuracy per motion, per run and by the shape
+asked for) and plot.png (one panel per factor); each run's folder keeps its examples, adapter, a picture of its
+first samples with what the evaluator read off them, and its record (run.json; composition.json for a composition
+study). Run again into the same folder, the grid reads back every run and study recorded there with the same base
+and settings and makes only the others: an interrupted grid resumes. Jobs start as soon as what they need is done
+(`_run_jobs`): the sweeps and the composition first, the compressed adapters' short scorings last.
 
 Cost, measured on the 2-core development machine with two workers (one torch thread each): docs/ablation.md's
 full grid (five motions, two seeds, 300 steps: 188 trainings, 10 compressed scorings, 2 composition studies)
@@ -321,7 +322,8 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
         swept.setdefault(v.name, []).append(run)
         if len(swept[v.name]) < len(v.learning_rates):
             return []
-        best = _choose_rate(v, swept[v.name], results)  # also this variant's run on cells[0]
+        swept[v.name].sort(key=lambda r: v.learning_rates.index(r["learning_rate"]))
+        best = _choose_rate(swept[v.name])  # also this variant's run on cells[0]
         rest = [(_TRAINING, train(v, motion, seed, best["learning_rate"]), ran) for motion, seed in cells[1:]]
         return ran(best) + rest
 
@@ -331,6 +333,7 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
     jobs += [(_TRAINING, train(v, motion, seed), ran)
              for v in variants if not v.learning_rates and not v.compressed_of for motion, seed in cells]  # fmt: skip
     _run_jobs(pool, workers, jobs, progress)
+    results["lr_sweeps"] = {v.name: _sweep_record(swept[v.name]) for v in variants if v.learning_rates}
     if composition:
         per_seed = [composed[seed] for motion, seed in cells if motion == cells[0][0]]
         results["composition"] = _composition_summary(cells[0][0], per_seed)
@@ -347,17 +350,20 @@ def _key(run: dict) -> tuple[str, str, int]:
     return run["variant"], run["motion"], run["seed"]
 
 
-def _choose_rate(v: Variant, runs: list[dict], results: dict) -> dict:
-    """The most accurate of a variant's sweep runs, recorded in results["lr_sweeps"]; ties go to the lower copy
-    score, then to the earlier rate."""
-    runs = sorted(runs, key=lambda r: v.learning_rates.index(r["learning_rate"]))
-    best = max(runs, key=lambda r: (r["motion_accuracy"], -(r["copy_score"] or 0.0)))
-    results["lr_sweeps"][v.name] = {
+def _choose_rate(runs: list[dict]) -> dict:
+    """The most accurate of a sweep's runs (in the order of its rates); ties go to the lower copy score, then to the
+    earlier rate."""
+    return max(runs, key=lambda r: (r["motion_accuracy"], -(r["copy_score"] or 0.0)))
+
+
+def _sweep_record(runs: list[dict]) -> dict:
+    """A sweep (its runs in the order of its rates) as runs.json keeps it: each rate's scores and the chosen rate."""
+    best = _choose_rate(runs)
+    return {
         "motion": best["motion"], "seed": best["seed"], "chosen": best["learning_rate"],
         "rates": [{key: r[key] for key in ("learning_rate", "motion_accuracy", "copy_score", "prior_preservation",
                                            "final_loss")} for r in runs],
     }  # fmt: skip
-    return best
 
 
 def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
