@@ -18,7 +18,7 @@ study). Run again into the same folder, the grid reads back every run and study 
 and settings and makes only the others: an interrupted grid resumes. Jobs start as soon as what they need is done
 (`_run_jobs`): the sweeps and the composition first, the compressed adapters' short scorings last.
 
-Cost, measured on the 2-core development machine with two workers (one torch thread each): docs/ablation.md's
+Cost, measured on the 2-core development machine with two workers (one torch thread each): the first
 full grid (five motions, two seeds, 300 steps: 188 trainings, 10 compressed scorings, 2 composition studies)
 adds up, from its records, to about 2 h 58 min (10,400 s of runs and sweeps on two workers, the composition about
 4 minutes); it was made in two parts, 4,150 s for the bounce and the orbit, 5,951 s for the other three and
@@ -28,8 +28,9 @@ regularization the dearest), sampling and scoring its 24 clips about 25 s of tha
 met; 100 steps would fit, but learned next to nothing (at most 12% in 14 runs on the zigzag and the orbit, in a
 grid stopped early).
 Since then a step's two clips share one forward pass (0.21 against 0.27 s a step, commit 3a50f44) and clips are
-scored with 10 DDIM steps (`SCORING_STEPS`): the full grid made from nothing at commit 5d1da96 took 7,367 s
-(2 h 2 min 47 s), still just over the budget; a run 42 to 78 s of training beside another, 13 s of scoring.
+scored with 10 DDIM steps (`SCORING_STEPS`): the full grid made from nothing at commit d835db8 took 7,357 s
+(2 h 2 min 37 s), still just over the budget, with jobs packed to within about 20 s of the work; a run 39 to 78 s of
+training beside another, about 13 s of scoring.
 `QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 5 min 1 s with two workers
 at commit 1722010, nothing else running (6 min 3 s at 6996b65, scoring at 20 steps).
 """
