@@ -308,6 +308,7 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
     Returns {(variant, motion, seed): run}.
     """
     runs, swept, composed = {}, {}, {}
+    first_motion, first_seed = cells[0]  # the sweeps' cell; the composition studies this motion
 
     def train(v: Variant, motion: str, seed: int, rate: float | None = None, folder: Path | None = None):
         return partial(_train_and_score, s, v, motion=motion, seed=seed, learning_rate=rate, folder=folder)
@@ -316,7 +317,7 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
         runs[_key(run)] = run
         after = [(_LAST, partial(_score_compressed, s, v, run), ran)
                  for v in variants if v.compressed_of == run["variant"]]  # fmt: skip
-        if composition and run["variant"] == GRID_DEFAULT.name and run["motion"] == cells[0][0]:
+        if composition and run["variant"] == GRID_DEFAULT.name and run["motion"] == first_motion:
             after.append((_FIRST, partial(_composition_seed, s, run), partial(_keep, composed, run["seed"])))
         return after
 
@@ -325,20 +326,19 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
         if len(swept[v.name]) < len(v.learning_rates):
             return []
         swept[v.name].sort(key=lambda r: v.learning_rates.index(r["learning_rate"]))
-        best = _choose_rate(swept[v.name])  # also this variant's run on cells[0]
+        best = _choose_rate(swept[v.name])  # also this variant's run on the first cell
         rest = [(_TRAINING, train(v, motion, seed, best["learning_rate"]), ran) for motion, seed in cells[1:]]
         return ran(best) + rest
 
-    motion, seed = cells[0]
-    jobs = [(_FIRST, train(v, motion, seed, rate, folder=s.out / "sweeps" / v.name / f"lr-{rate:g}"),
+    jobs = [(_FIRST, train(v, first_motion, first_seed, rate, folder=s.out / "sweeps" / v.name / f"lr-{rate:g}"),
              partial(sweep_ran, v)) for v in variants for rate in v.learning_rates]  # fmt: skip
     jobs += [(_TRAINING, train(v, motion, seed), ran)
              for v in variants if not v.learning_rates and not v.compressed_of for motion, seed in cells]  # fmt: skip
     _run_jobs(pool, workers, jobs, progress)
     results["lr_sweeps"] = {v.name: _sweep_record(swept[v.name]) for v in variants if v.learning_rates}
     if composition:
-        per_seed = [composed[seed] for motion, seed in cells if motion == cells[0][0]]
-        results["composition"] = _composition_summary(cells[0][0], per_seed)
+        per_seed = [composed[seed] for motion, seed in cells if motion == first_motion]
+        results["composition"] = _composition_summary(first_motion, per_seed)
     return runs
 
 
