@@ -122,9 +122,9 @@ GRID = (
     Variant("appearance", "parameters", "spatial attention (appearance)", {"preset": "appearance"}),
     Variant("all-attention", "parameters", "temporal + all spatial attention", {"preset": "temporal+appearance"}),
     Variant("uniform", "timesteps", "uniform", {"timestep_sampling": "uniform"}),
-    Variant("default", "timesteps", "coarse (paper)"),
+    Variant("coarse", "timesteps", "coarse (paper)", {"timestep_sampling": "coarse"}),
     Variant("fine", "timesteps", "fine", {"timestep_sampling": "fine"}),
-    Variant("cubic", "timesteps", "cubic", {"timestep_sampling": "cubic"}),
+    Variant("default", "timesteps", "{timestep_sampling} (default)"),
     Variant("reg-none", "regularization", "none", regularization="none"),
     Variant("reg-generated", "regularization", "generated clips", regularization="generated"),
     Variant("default", "regularization", "real clips, weight {reg_weight} (paper)"),
@@ -147,7 +147,7 @@ FACTORS = tuple(dict.fromkeys(v.factor for v in GRID))
 # measured cost of a run, see the module docstring.
 FULL = dict(motions=HELD_OUT_MOTIONS, seeds=(0, 1), variants=None, steps=300, prompts_per_run=8, prior_prompts=8)
 QUICK = {**FULL, "motions": ("bounce",), "seeds": (0,), "steps": 200,
-         "variants": ("default", "motion", "uniform", "reg-none", "examples-1")}  # fmt: skip
+         "variants": ("default", "motion", "coarse", "reg-none", "examples-1")}  # fmt: skip
 
 
 @dataclass

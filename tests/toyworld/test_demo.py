@@ -55,7 +55,7 @@ def test_examples_show_the_motion_and_prompts_ask_new_appearances(quick_demo):
 def test_train_config_is_the_worlds_size():
     config = toyworld.train_config(rank=4)
     assert (config.height, config.width, config.num_frames) == (toyworld.SIZE, toyworld.SIZE, toyworld.NUM_FRAMES)
-    assert config.rank == 4 and config.timestep_sampling == "coarse" and config.reg_weight == 0.5
+    assert config.rank == 4 and config.timestep_sampling == "cubic" and config.reg_weight == 0.5
 
 
 def test_the_demo_teaches_only_held_out_motions(tmp_path):
