@@ -109,6 +109,8 @@ def test_every_output_is_written_and_parses(results):
     assert set(saved["composition"]["methods"]) == {"separate, composed", "separate, per-group weights", "joint"}
     subject = inspect(out / "composition" / "s0" / ablation.SUBJECT_TOKEN)
     assert subject.preset == "subject+temporal"  # the world's images run through the temporal layers
+    motion = inspect(out / "runs" / "default" / "zigzag-s0" / "adapter")
+    assert (subject.training["timestep_sampling"], motion.training["timestep_sampling"]) == ("uniform", "cubic")
     with Image.open(out / "plot.png") as image:
         image.verify()
 
