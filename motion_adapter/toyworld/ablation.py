@@ -31,9 +31,10 @@ Since then a step's two clips share one forward pass (0.21 against 0.27 s a step
 scored with 10 DDIM steps (`SCORING_STEPS`): the full grid made from nothing at commit d835db8 took 7,357 s
 (2 h 2 min 37 s), still just over the budget, with jobs packed to within about 20 s of the work; a run 39 to 78 s of
 training beside another, about 13 s of scoring.
-`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 3 min 59 s with two workers
-at commit 3dae022, nothing else running, its composition beside the trainings (3 min 48 s at 138e236, its timesteps
-row uniform; 5 min 1 s at 1722010, stage by stage; 6 min 3 s at 6996b65, scoring at 20 steps).
+`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 3 min 56 s with two workers
+at commit d92ba6f, nothing else running, its composition beside the trainings (3 min 59 s at 3dae022; 3 min 48 s at
+138e236, its timesteps row uniform; 5 min 1 s at 1722010, stage by stage; 6 min 3 s at 6996b65, scoring at 20
+steps).
 """
 
 import dataclasses
