@@ -95,8 +95,8 @@ SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave)
 SUBJECT_COLORS = ("red", "blue", "green")
 SUBJECT_IMAGES = 16  # eight drew the star in about half the composed clips, sixteen in most (docs/ablation.md)
 SUBJECT_RATE = 1e-3  # composed with the bounce: 56% both right against 28% at the motion's 3e-3 (docs/ablation.md)
-# The subject is a look, not a motion: composed with the cubic recipe's bounce adapters, subjects trained on
-# uniform timesteps read both right in 69% of clips, fine 53%, coarse 41%, cubic 28% (docs/ablation.md)
+# The subject's own sampler: composed with the recipe's cubic bounce adapters, subjects trained on uniform timesteps
+# read both right in 69% of clips, fine 53%, coarse 41%, cubic 28% (with coarse adapters: coarse 69%, uniform 53%)
 SUBJECT_TIMESTEPS = "uniform"
 _PRIOR_SEED_OFFSET = 500  # clip seeds of the prior-preservation prompts, apart from the new-appearance ones
 
