@@ -118,6 +118,10 @@ class Variant:
     learning_rates: tuple[float, ...] = ()  # swept on the first motion and seed; () keeps the recipe's rate
     compressed_of: str | None = None  # scored from the compressed adapter that this other variant's runs write
 
+    def recipe(self) -> dict:
+        """What this variant's runs depend on, not where the table shows it: the default's row of any factor alike."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("factor", "label")}
+
 
 GRID = (
     Variant("default", "parameters", "{preset} layers (default)"),
@@ -405,7 +409,7 @@ def _train_and_score(
     score the adapter."""
     folder = folder or s.out / "runs" / variant.name / f"{motion}-s{seed}"
     config = _config(s, variant, seed=seed, learning_rate=learning_rate)
-    identity = {"base": s.base, "variant": dataclasses.asdict(variant), "config": dataclasses.asdict(config),
+    identity = {"base": s.base, "variant": variant.recipe(), "config": dataclasses.asdict(config),
                 "motion": motion, "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts,
                 "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE]}  # fmt: skip
     return _recorded(folder / "run.json", identity, partial(_train_and_score_now, s, variant, motion, seed, config,
@@ -442,7 +446,7 @@ def _train_and_score_now(s: _Settings, variant: Variant, motion: str, seed: int,
 def _score_compressed(s: _Settings, variant: Variant, parent: dict) -> dict:
     """Score the compressed adapter a full-delta run wrote, loaded into a fresh base (recorded beside the run's)."""
     folder = Path(parent["compressed_dir"]).parent
-    identity = {"variant": dataclasses.asdict(variant), "parent": parent}
+    identity = {"variant": variant.recipe(), "parent": parent}
     return _recorded(folder / f"{variant.name}.json", identity, partial(_score_compressed_now, s, variant, parent,
                                                                         folder))  # fmt: skip
 

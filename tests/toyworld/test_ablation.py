@@ -14,6 +14,7 @@ from motion_adapter.toyworld import ablation
 from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
 from motion_adapter.toyworld.model import WEIGHTS_DIR
 from motion_adapter.toyworld.world import parse_caption
+from motion_adapter.training.loop import train_motion
 
 needs_weights = pytest.mark.skipif(
     not (WEIGHTS_DIR / "model_index.json").is_file(),
@@ -142,11 +143,21 @@ def test_a_grid_run_again_reads_its_runs_back_and_remakes_changed_ones(results, 
     def no_training(*args, **kwargs):
         raise AssertionError("a recorded run was trained again")
 
+    def train_only_new(train, *args, output_dir, **kwargs):
+        if output_dir.parent.parent.name == "default":
+            no_training()
+        return train(*args, output_dir=output_dir, **kwargs)
+
     monkeypatch.setattr(ablation, "train_motion", no_training)
     monkeypatch.setattr(ablation, "train_subject", no_training)
     again = ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=2,
                                   prompts_per_run=2, prior_prompts=2, workers=1)  # fmt: skip
     assert again["runs"] == run["runs"] and again["composition"] == run["composition"]
+    monkeypatch.setattr(ablation, "train_motion", functools.partial(train_only_new, train_motion))
+    other = ablation.run_ablation(out, variants=["coarse"], motions=["zigzag"], seeds=[0], steps=2,
+                                  prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
+    assert other["runs"][1] == run["runs"][0]  # the default, read back though another factor's row shows it now
+    monkeypatch.setattr(ablation, "train_motion", no_training)
     with pytest.raises(AssertionError, match="trained again"):  # other settings: the runs are made again
         ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=3,
                               prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
