@@ -553,9 +553,8 @@ def _base_prior(s: _Settings, seed: int):
 def _composition_seed(s: _Settings, default_run: dict) -> dict:
     """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back."""
     folder = s.out / "composition" / f"s{default_run['seed']}"
-    subject = _config(s, GRID_DEFAULT, seed=default_run["seed"], learning_rate=SUBJECT_RATE).replace(
-        timestep_sampling=SUBJECT_TIMESTEPS
-    )  # layers: subject_preset
+    subject = _config(s, GRID_DEFAULT, seed=default_run["seed"], learning_rate=SUBJECT_RATE)  # layers: subject_preset
+    subject = subject.replace(timestep_sampling=SUBJECT_TIMESTEPS)
     identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
                 "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE],
                 "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject),
