@@ -10,7 +10,8 @@ import functools
 
 import torch
 
-from motion_adapter.toyworld.ablation import GRID, format_table, run_ablation
+from motion_adapter.toyworld.ablation import GRID, run_ablation
+from motion_adapter.toyworld.ablation_report import format_table
 from motion_adapter.toyworld.model import load_pipeline
 
 

@@ -112,7 +112,8 @@ def _pretrain(args) -> int:
 
 
 def _ablate(args) -> int:
-    from .toyworld.ablation import format_table, run_ablation
+    from .toyworld.ablation import run_ablation
+    from .toyworld.ablation_report import format_table
 
     results = run_ablation(args.out, quick=args.quick)
     print(format_table(results))

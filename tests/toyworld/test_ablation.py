@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from motion_adapter import inspect
 from motion_adapter.cli import _ablate, build_parser
-from motion_adapter.toyworld import ablation
+from motion_adapter.toyworld import ablation, ablation_report
 from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
 from motion_adapter.toyworld.model import WEIGHTS_DIR
 from motion_adapter.toyworld.world import parse_caption
@@ -63,7 +63,7 @@ def test_accuracy_by_shape_counts_the_clips_that_ask_for_each_shape():
              ("a red circle doing the pll", "zigzag"), ("a cyan circle doing the pll", "zigzag")]  # fmt: skip
     runs = [{"motion": "zigzag", "clips": [{"prompt": prompt, "motion": found} for prompt, found in clips[:2]]},
             {"motion": "zigzag", "clips": [{"prompt": prompt, "motion": found} for prompt, found in clips[2:]]}]
-    assert ablation._accuracy_by_shape(runs) == {"circle": 1.0, "cross": 0.5}
+    assert ablation_report._accuracy_by_shape(runs) == {"circle": 1.0, "cross": 0.5}
 
 
 def test_the_command_line_calls_the_ablation():
