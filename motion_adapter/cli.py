@@ -54,6 +54,7 @@ def _train_subject(args) -> int:
         _load_base(args.base), data=args.data, token=args.token, class_word=args.class_word,
         output_dir=args.output_dir, config=_config(args), preset=args.subject_preset, motion_data=args.motion_data,
         motion_token=args.motion_token, reg_data=args.reg_data,
+        **({"caption_template": args.image_caption_template} if args.image_caption_template else {}),
     )  # fmt: skip
     print(
         f"wrote {result.adapter_dir} ({result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s)"
@@ -163,13 +164,16 @@ def _load_base(name: str):
 # ---------------------------------------------------------------- TrainConfig as flags
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, its help text from the field; unset flags leave the TOML or default."""
+def _add_config_flags(parser: argparse.ArgumentParser, skip=()) -> None:
+    """One flag per TrainConfig field but those in `skip` (a command's own flag replaces them), its help text from
+    the field; unset flags leave the TOML or default."""
     from .training.config import TrainConfig
 
     group = parser.add_argument_group("training settings (TrainConfig; also readable from --config FILE.toml)")
     group.add_argument("--config", default=None, help="a TOML file of TrainConfig fields (flags override it)")
     for item in dataclasses.fields(TrainConfig):
+        if item.name in skip:
+            continue
         _add_typed_flag(group, item.name, _plain_type(item.type), f"{item.metadata['help']} (default: {item.default})")
 
 
@@ -194,9 +198,8 @@ def _plain_type(annotation):
 def _config(args):
     from .training.config import TrainConfig
 
-    given = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None
-    }
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}  # a skipped flag: None
+    given = {name: value for name, value in given.items() if value is not None}
     return TrainConfig.from_toml(args.config, **given) if args.config else TrainConfig(**given)
 
 
@@ -235,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     subject.add_argument("--motion-data", default=None, help="clips of a motion, for joint subject+motion training")
     subject.add_argument("--motion-token", default=None, help="the motion's token, for joint training")
     subject.add_argument("--reg-data", default=None, help="folder of regularization clips")
-    _add_config_flags(subject)
+    subject.add_argument("--image-caption-template", default=None, help="caption of the images that have none, with "
+                         "{token} and {class_word} (default: 'a photo of a {token} {class_word}'); --caption-template "
+                         "captions the motion clips of joint training")
+    _add_config_flags(subject, skip=("preset",))  # --subject-preset: a subject's layers have their own default
     subject.set_defaults(run=_train_subject)
 
     push = commands.add_parser("push", help="upload an adapter folder to the Hub in one commit, with its model card")

@@ -5,9 +5,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 import motion_adapter as ma
 from motion_adapter.cli import build_parser, main
+from motion_adapter.training import loop
 from motion_adapter.training.config import TrainConfig
 from motion_adapter.video import read_video
 
@@ -73,6 +77,21 @@ def test_train_subject_command(base_dir, tmp_path):
                  "16", "--rank", "2"]) == 0  # fmt: skip
     assert ma.inspect(tmp_path / "sks").learned_tokens == ["<sks>"]
 
+
+def test_train_subject_takes_its_own_image_captions_and_layers(base_dir, tmp_path, monkeypatch):
+    calls = {}
+
+    def train_subject(pipe, **kwargs):
+        calls.update(kwargs)
+        return SimpleNamespace(adapter_dir=tmp_path / "sks", steps=0, final_loss=0.0, seconds=0.0)
+
+    monkeypatch.setattr(loop, "train_subject", train_subject)
+    command = ["train-subject", "--base", str(base_dir), "--data", str(write_images(tmp_path / "photos")), "--token",
+               "<sks>", "--class-word", "dog", "--output-dir", str(tmp_path / "sks")]  # fmt: skip
+    assert main([*command, "--image-caption-template", "a photo of {token}, a {class_word}"]) == 0
+    assert calls["caption_template"] == "a photo of {token}, a {class_word}"
+    with pytest.raises(SystemExit):  # the motion's --preset would be ignored: --subject-preset picks the layers
+        build_parser().parse_args([*command, "--preset", "motion"])
 
 def test_bad_training_input_is_one_clear_line(base_dir, tmp_path, capsys):
     assert main(["train", "--base", str(base_dir), "--data", str(tmp_path / "none"), "--token", "pll",
