@@ -102,6 +102,8 @@ def write_regularization(folder: Path, *, seed: int = 0, count: int = 12) -> Non
     pairs = [(shape, motion) for shape, motion in valid_pairs() if motion != "still"]
     rng = np.random.default_rng(seed)
     entries = []
+    for stale in folder.glob("reg-*.gif"):  # another seed's draw, named after its pairs: it would lack a caption
+        stale.unlink()
     for i in rng.choice(len(pairs), size=count, replace=False):
         shape, motion = pairs[i]
         color = REG_APPEARANCES[len(entries) % len(REG_APPEARANCES)][1]

@@ -2,7 +2,7 @@
 
 A `LatentStore` holds, for every training example, the VAE latents of all its frames, (f_total, c, h, w) scaled
 by the VAE's scaling factor; each step takes a window of them. With `mode="off"` it keeps the frames and encodes
-the window at every step (the slow path, kept to measure what caching saves).
+the window at every step (the slow path, kept to measure what caching saves); the other modes let the frames go.
 """
 
 from pathlib import Path
@@ -31,7 +31,8 @@ class LatentStore:
 
     def __init__(self, vae, examples: list[ClipExample], *, mode: str = "memory", folder: Path | None = None):
         self.vae, self.mode, self.folder = vae, mode, folder
-        self.examples = examples
+        self.frame_counts = [example.frames.shape[0] for example in examples]
+        self.examples = examples if mode == "off" else None  # decoded frames are kept only to encode every step
         self.latents: list[torch.Tensor] = []
         if mode == "memory":
             self.latents = [encode_frames(vae, example.frames) for example in examples]
@@ -41,10 +42,10 @@ class LatentStore:
                 save_file({"latents": encode_frames(vae, example.frames).contiguous()}, folder / f"{i}.safetensors")
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.frame_counts)
 
     def num_frames(self, i: int) -> int:
-        return self.examples[i].frames.shape[0]
+        return self.frame_counts[i]
 
     def window(self, i: int, frames: slice) -> torch.Tensor:
         if self.mode == "memory":

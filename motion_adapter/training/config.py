@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..constants import STORAGE_DTYPES
 from .timesteps import MODES as TIMESTEP_MODES
 
 if sys.version_info >= (3, 11):
@@ -109,6 +110,10 @@ class TrainConfig:
              "warmup_steps, checkpoint_every, validation_every must be >= 0"),
             (self.use_8bit_adam in ("auto", "yes", "no"), "use_8bit_adam must be auto, yes or no"),
             (self.motion_first_steps >= 0, "motion_first_steps must be >= 0"),
+            (self.num_reg_generated >= 1, "num_reg_generated must be >= 1"),
+            (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (self.validation_steps >= 1, "validation_steps must be >= 1"),
+            (self.dtype in STORAGE_DTYPES, f"dtype must be one of {', '.join(STORAGE_DTYPES)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -267,10 +267,10 @@ def resolve_captions(
         elif fallback is not None:
             captions.append(fallback)
         else:
+            template = ", or pass caption_template='a person doing the {token}'" if token is not None else ""
             raise DataError(
                 f"No caption for {source}: add a line {{\"file_name\": \"{source.name}\", \"text\": ...}} to "
-                f"{source.parent / METADATA_FILE}, write {sibling.name} next to it, or pass caption_template="
-                f"'a person doing the {{token}}'."
+                f"{source.parent / METADATA_FILE}, or write {sibling.name} next to it{template}."
             )
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
         unused = sorted(set(metadata.get(Path(data), {})) - {source.name for source in sources})

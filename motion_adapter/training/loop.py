@@ -12,6 +12,7 @@ It runs unchanged under `accelerate launch` with several processes; the main pro
 
 import dataclasses
 import math
+import statistics
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -191,13 +192,15 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
             param.requires_grad_(True)
     for param in params:
         param.data = param.data.float()  # trainable tensors in fp32, even under mixed precision
-    learned_ids = []
+    learned_ids = set()
     if learned:
         if config.tuning == "full":  # a placeholder adapter owns the learned tokens until the delta replaces it
             add_motion_adapter(pipe, adapter_name, preset=preset, rank=1, token=tokens, kind=kind, trainable=False)
+            for param in params:  # peft froze every parameter but its own as it injected the placeholder
+                param.requires_grad_(True)
         for token, class_word in learned:
             learn_token(pipe, adapter_name, token, init_from=class_word)
-            learned_ids.append(pipe.tokenizer.convert_tokens_to_ids(token))
+            learned_ids.add(pipe.tokenizer.convert_tokens_to_ids(token))
         text_encoder = pipe.text_encoder  # resized
         text_encoder.to(device)
     embedding = text_encoder.get_input_embeddings().weight if learned else None
@@ -206,7 +209,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
         embedding.data = embedding.data.float()
         embedding.requires_grad_(True)
         mask = torch.zeros(embedding.shape[0], 1, device=embedding.device)
-        mask[learned_ids] = 1.0
+        mask[sorted(learned_ids)] = 1.0
         mask_handle = embedding.register_hook(lambda grad: grad * mask)  # only the new rows learn
     if config.gradient_checkpointing:
         _enable_checkpointing(unet)
@@ -225,7 +228,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
     text_cache = {}
 
     def encode_text(caption: str) -> torch.Tensor:
-        if embedding is not None and any(token in caption.split() for token, _ in learned):
+        if embedding is not None and not learned_ids.isdisjoint(pipe.tokenizer(caption).input_ids):
             return _encode_prompt(pipe.tokenizer, trained_text, caption, device)
         if caption not in text_cache:
             with torch.no_grad():
@@ -582,8 +585,7 @@ def _finish_full(pipe, config, output_dir, originals, adapter_name, kind, tokens
     if has_learned_tokens:  # the placeholder adapter holds them: take them over
         learned = learned_embeddings(pipe, adapter_name)
         delete_motion_adapter(pipe, adapter_name)
-    ranks = [pair.rank for pair in deltas.values()]
-    rank = max(set(ranks), key=ranks.count)  # a full delta's "rank" is each layer's output size
+    rank = statistics.mode(pair.rank for pair in deltas.values())  # a full delta's rank: a layer's output size
     info = AdapterInfo(
         kind=kind, tokens=[t for t in tokens if t], prompt_template=prompt_template, base_model=base_model_id(pipe),
         preset=summary["preset"], rank=rank, alpha=float(rank), num_params=0, file_bytes=0,

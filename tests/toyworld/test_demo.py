@@ -52,6 +52,13 @@ def test_examples_show_the_motion_and_prompts_ask_new_appearances(quick_demo):
     assert not set(demo.NEW_APPEARANCES) & set(demo.EXAMPLE_APPEARANCES)
 
 
+
+def test_regularization_written_again_with_another_seed_keeps_only_its_own_clips(tmp_path):
+    demo.write_regularization(tmp_path, seed=0)
+    demo.write_regularization(tmp_path, seed=1)
+    captioned = [json.loads(line)["file_name"] for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(p.name for p in tmp_path.glob("*.gif")) == sorted(captioned)
+
 def test_train_config_is_the_worlds_size():
     config = toyworld.train_config(rank=4)
     assert (config.height, config.width, config.num_frames) == (toyworld.SIZE, toyworld.SIZE, toyworld.NUM_FRAMES)

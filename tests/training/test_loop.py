@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import motion_adapter as ma
 from motion_adapter import testing
 from motion_adapter.adapter import lora_layers
+from motion_adapter.format import read_adapter
 from motion_adapter.training import cache, loop
 from motion_adapter.training.config import TrainConfig
 from motion_adapter.training.data import DataError
@@ -202,6 +203,28 @@ def test_subject_trains_spatial_lora_and_the_new_row_only(pipe, tmp_path):
     assert info.kind == "subject" and info.learned_tokens == ["<sks>"] and info.preset == "subject"
 
 
+
+def test_a_learned_token_learns_with_punctuation_beside_it(pipe, tmp_path):
+    photos = write_images(tmp_path / "photos")
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    ma.train_subject(pipe, data=photos, token="<sks>", class_word="dog", output_dir=tmp_path / "out",
+                     caption_template="a photo of {token}, a {class_word}",
+                     config=tiny_config(max_train_steps=3, learning_rate=1e-2))  # fmt: skip
+    token_id = pipe.tokenizer.convert_tokens_to_ids("<sks>")
+    initial = table[pipe.tokenizer("dog", add_special_tokens=False).input_ids].mean(0)
+    assert not torch.allclose(pipe.text_encoder.get_input_embeddings().weight[token_id], initial)
+
+
+def test_full_tuning_of_a_subject_changes_the_weights(pipe, tmp_path):
+    photos = write_images(tmp_path / "photos")
+    config = tiny_config(tuning="full", max_train_steps=3, learning_rate=1e-3, dtype="float32")
+    result = ma.train_subject(pipe, data=photos, token="<sks>", class_word="dog", output_dir=tmp_path / "out",
+                              config=config)  # fmt: skip
+    saved = read_adapter(result.adapter_dir)
+    assert list(saved.embeddings) == ["<sks>"]
+    deltas = [pair.up.flatten(1) @ pair.down.flatten(1) for pair in saved.modules.values()]
+    assert max(delta.abs().max().item() for delta in deltas) > 0  # a delta, not the placeholder's zeros
+
 def test_images_bypass_the_temporal_layers(pipe):
     blocks = loop._temporal_blocks(pipe.unet)
     assert {type(b).__name__ for b in blocks} == {"TransformerTemporalModel", "TemporalConvLayer"}
@@ -311,6 +334,10 @@ def test_config_checks_and_toml(tmp_path):
         TrainConfig(timestep_sampling="coarser")
     with pytest.raises(ValueError, match="compress_to_rank needs tuning='full'"):
         TrainConfig(compress_to_rank=4)
+    with pytest.raises(ValueError, match="dtype must be one of float16, bfloat16, float32"):
+        TrainConfig(dtype="fp16")  # refused before training, not when the adapter is saved
+    with pytest.raises(ValueError, match="num_reg_generated"):
+        TrainConfig(num_reg_generated=0)
     assert TrainConfig().lr == 1e-4 and TrainConfig(tuning="full").lr == 5e-6
     (tmp_path / "cfg.toml").write_text('[train]\nrank = 8\ntimestep_sampling = "cubic"\n')
     config = TrainConfig.from_toml(tmp_path / "cfg.toml", max_train_steps=9)
@@ -378,14 +405,16 @@ def test_training_with_gradient_checkpointing(pipe, clips, tmp_path):
 def test_disk_latent_cache_and_generated_regularization(pipe, clips, tmp_path, monkeypatch):
     drawn = []
     original = cache.LatentStore.window
-    monkeypatch.setattr(cache.LatentStore, "window", lambda self, i, w: drawn.append(self.mode) or original(self, i, w))
+    monkeypatch.setattr(
+        cache.LatentStore, "window", lambda self, i, w: drawn.append((self.mode, self.examples)) or original(self, i, w)
+    )
     config = tiny_config(latent_cache="disk", reg_source="generated", reg_prompts=["a square moving left"],
                          num_reg_generated=2)  # fmt: skip
     result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
     assert sorted(p.name for p in (tmp_path / "out" / "latent_cache" / "clips").iterdir()) == [
         "0.safetensors", "1.safetensors", "2.safetensors"]  # fmt: skip
     assert len(list((tmp_path / "out" / "latent_cache" / "reg").iterdir())) == 2  # two generated clips
-    assert drawn == ["disk"] * 6 and ma.inspect(result.adapter_dir).training["num_reg_clips"] == 2
+    assert drawn == [("disk", None)] * 6 and ma.inspect(result.adapter_dir).training["num_reg_clips"] == 2
 
 
 @pytest.fixture
