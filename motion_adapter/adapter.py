@@ -6,11 +6,11 @@ per module by `apply_mix`, so that loading a second adapter never switches the f
 """
 
 import re
+import statistics
 import warnings
 from contextlib import nullcontext
 from dataclasses import replace
 
-import torch
 from accelerate import init_empty_weights
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
@@ -55,8 +55,8 @@ def inject(
     tenth adapter loads as fast as the first. `empty=True` creates the tensors on the meta device, for a caller
     that assigns every one of them next (`set_state`). Fresh adapters start with B = 0 (no change).
     """
-    rank = _most_common(ranks.values())
-    alpha = _most_common(alphas.values())
+    rank = statistics.mode(ranks.values())  # peft's defaults; the others go to rank_pattern / alpha_pattern
+    alpha = statistics.mode(alphas.values())
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -81,10 +81,6 @@ def inject(
         denoiser.peft_config = {}
     denoiser.peft_config[adapter_name] = config
 
-
-def _most_common(values):
-    values = list(values)
-    return max(set(values), key=values.count)
 
 
 def get_state(denoiser: nn.Module, adapter_name: str) -> dict[str, LoraPair]:
@@ -181,10 +177,3 @@ def remove_all(denoiser: nn.Module) -> None:
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     setattr(root.get_submodule(parent_path) if parent_path else root, child, module)
-
-
-@torch.no_grad()
-def delta_weight(denoiser: nn.Module, module_path: str, adapter_name: str) -> torch.Tensor:
-    """The weight change one adapter makes to one module at its current scale (for tests and compression)."""
-    layer = lora_layers(denoiser)[module_path]
-    return layer.get_delta_weight(adapter_name)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import statistics
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -354,7 +355,7 @@ def _alpha_lookup(file: Path, metadata: dict[str, str]):
     header = _header(file, metadata)
     config = _diffusers_config(metadata)
     pattern = config.get("alpha_pattern") or {}
-    default = header["alpha"] if header is not None else config.get("lora_alpha")
+    default = header.get("alpha") if header is not None else config.get("lora_alpha")  # a header without: refused later
 
     def alpha(module: str, rank: int) -> float:
         return float(pattern.get(module, default if default is not None else rank))
@@ -374,6 +375,9 @@ def _parse_lora(file: Path, tensors: dict[str, torch.Tensor], alpha_of) -> dict[
             missing = "lora_A (down)" if "down" not in found else "lora_B (up)"
             raise AdapterFormatError(f"{file}: module {name} has no {missing} tensor; the file is incomplete")
         down, up = found["down"], found["up"]
+        if down.dim() < 2 or up.dim() < 2:
+            dims = min(down.dim(), up.dim())
+            raise AdapterFormatError(f"{file}: module {name} has a LoRA tensor of {dims} dimension; a factor has 2+")
         if up.shape[1] != down.shape[0]:
             raise AdapterFormatError(
                 f"{file}: module {name} has lora_A of shape {tuple(down.shape)} and lora_B of shape "
@@ -405,8 +409,7 @@ def _info(
             ) from None
     if not ranks:
         raise AdapterFormatError(f"{weights} holds no LoRA tensors")
-    counts = list(ranks.values())
-    rank = max(set(counts), key=counts.count)
+    rank = statistics.mode(ranks.values())
     config = _diffusers_config(metadata)
     return AdapterInfo(
         kind="lora",

@@ -22,6 +22,7 @@ from torch import nn
 from . import adapter, hub
 from .constants import FORMAT_VERSION
 from .errors import AdapterStateError, IncompatibleAdapterError
+from .files import temporary_sibling
 from .format import AdapterFile, AdapterInfo, read_adapter, write_adapter
 from .targets import (
     architecture_fingerprint,
@@ -149,7 +150,11 @@ def save_motion_adapter(
         output_dir.mkdir(parents=True, exist_ok=True)
         sample_name = "sample" + Path(sample).suffix
         if Path(sample).resolve() != (output_dir / sample_name).resolve():
-            shutil.copyfile(sample, output_dir / sample_name)
+            with temporary_sibling(output_dir / sample_name) as tmp:
+                shutil.copyfile(sample, tmp)
+        for stale in output_dir.glob("sample.*"):  # an earlier save's, in another format: the card shows this one
+            if stale.name != sample_name:
+                stale.unlink()
     card = hub.model_card(info, sample=sample_name)
     return write_adapter(output_dir, info, modules, embeddings=embeddings, dtype=dtype, card=card)
 
@@ -217,7 +222,6 @@ def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weig
     state = _state(pipe)
     _check_not_fused(state, "load an adapter")
     _check_new_name(state, adapter_name)
-    _check_weight(adapter_name, weight)
     denoiser = denoiser_of(pipe)
     _check_fits(denoiser, loaded, base_model_id(pipe), strict=strict)
     _check_token_clash(state, adapter_name, loaded.info.tokens)
@@ -225,6 +229,7 @@ def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weig
         _check_new_token(pipe, new_token, row)
     arch = architecture_of(denoiser)
     roles = {name: role_of(arch, name) for name in loaded.modules}
+    _check_weight(adapter_name, weight, roles.values())
     ranks = {name: pair.rank for name, pair in loaded.modules.items()}
     alphas = {name: pair.alpha for name, pair in loaded.modules.items()}
     try:

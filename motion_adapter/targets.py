@@ -159,7 +159,12 @@ def resolve_targets(pipe_or_denoiser, preset: str = "motion") -> TargetSpec:
     if arch is not None and arch.unadaptable:
         candidates = {name: m for name, m in candidates.items() if not re.search(arch.unadaptable, name)}
     parts = preset.split("+")
-    if arch is not None and all(part in arch.presets for part in parts):
+    if any(part in arch_.presets for arch_ in ARCHITECTURES for part in parts):  # preset names, not a regex
+        if arch is None:
+            raise TargetError(f"preset {preset!r} names layers of the table's denoisers; {_presets_hint(denoiser)}")
+        unknown = [part for part in parts if part not in arch.presets]
+        if unknown:
+            raise TargetError(f"no preset {', '.join(map(repr, unknown))} (in {preset!r}); {_presets_hint(denoiser)}")
         wanted = {role for part in parts for role in arch.presets[part]}
         selected = {name: role for name in candidates if (role := role_of(arch, name)) in wanted}
     else:

@@ -135,6 +135,20 @@ def test_incomplete_pairs_and_text_encoder_keys_are_refused(tmp_path):
         fmt.read_adapter(tmp_path / "te.safetensors")
 
 
+
+def test_a_header_without_alpha_and_flat_tensors_are_refused(tmp_path):
+    folder = make_adapter(tmp_path / "pll")
+    metadata, tensors = _header(folder / WEIGHTS_NAME)
+    header = json.loads(metadata[HEADER_KEY])
+    del header["alpha"]
+    save_file(tensors, folder / WEIGHTS_NAME, metadata={**metadata, HEADER_KEY: json.dumps(header)})
+    with pytest.raises(ma.AdapterFormatError, match="lacks a field"):
+        fmt.read_adapter(folder)
+    save_file({"unet.a.lora_A.weight": torch.zeros(3), "unet.a.lora_B.weight": torch.zeros(2, 3)},
+              tmp_path / "flat.safetensors")  # fmt: skip
+    with pytest.raises(ma.AdapterFormatError, match="module a has a LoRA tensor of 1 dimension"):
+        fmt.read_adapter(tmp_path / "flat.safetensors")
+
 def test_foreign_key_forms_are_read(tmp_path):
     tensors = {
         "a.b.lora.down.weight": torch.ones(2, 3),

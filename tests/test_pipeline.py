@@ -246,6 +246,20 @@ def test_bad_composition_requests(pipe, adapter_dir, names, weights, match):
     _refused(pipe, lambda: pipe.set_motion_adapters(names, weights), ma.AdapterStateError, match)
 
 
+
+def test_a_load_with_a_group_the_adapter_lacks_is_refused(pipe, adapter_dir):
+    _refused(pipe, lambda: pipe.load_motion_adapter(adapter_dir, weight={"temporl": 0.0}), ma.AdapterStateError,
+             "no group temporl; its groups are spatial_kv, temporal")  # fmt: skip
+
+
+def test_a_new_sample_replaces_the_old_one(pipe, adapter_dir, tmp_path):
+    pipe.load_motion_adapter(adapter_dir)
+    for suffix in (".gif", ".mp4"):
+        (tmp_path / f"clip{suffix}").write_bytes(b"frames")
+        ma.save_motion_adapter(pipe, "pll", tmp_path / "out", sample=tmp_path / f"clip{suffix}")
+    assert sorted(p.name for p in (tmp_path / "out").glob("sample.*")) == ["sample.mp4"]
+    assert "sample.mp4" in (tmp_path / "out" / "README.md").read_text()
+
 def test_failed_injection_is_rolled_back(pipe, adapter_dir, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")

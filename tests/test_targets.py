@@ -83,6 +83,15 @@ def test_unknown_architecture_is_explained():
     with pytest.raises(ma.TargetError, match="not in the target table"):
         ma.resolve_targets(Denoiser(), "motion")
     assert ma.resolve_targets(Denoiser(), r"^proj$").module_names == ["proj"]
+    named_like_a_preset = nn.Module()
+    named_like_a_preset.motion = nn.Linear(4, 4)  # a preset's name is not read as a regex on a class the table lacks
+    with pytest.raises(ma.TargetError, match="preset 'motion' names layers.*not in the target table"):
+        ma.resolve_targets(named_like_a_preset, "motion")
+
+
+def test_a_misspelled_part_of_joined_presets_is_named(pipe):
+    with pytest.raises(ma.TargetError, match="no preset 'apperance' \\(in 'motion\\+apperance'\\); presets for"):
+        ma.resolve_targets(pipe, "motion+apperance")
 
 
 def test_pipeline_without_denoiser_is_refused():
