@@ -153,8 +153,11 @@ class TrainConfig:
         return cls(**{**data, **overrides})
 
     def resume_key(self) -> dict:
-        """The fields a checkpoint must agree on to be resumed (what shapes the trained tensors and the data)."""
-        keys = ("preset", "tuning", "rank", "alpha", "num_frames", "height", "width", "seed", "timestep_sampling",
-                "reg_weight", "learning_rate", "lr_schedule", "gradient_accumulation_steps",
-                "bypass_temporal_on_images")
-        return {key: getattr(self, key) for key in keys}
+        """The fields a checkpoint must agree on to be resumed: what shapes the trained tensors, the data and the
+        updates. max_train_steps only under a schedule that depends on it: a constant-rate run may be extended."""
+        keys = ("preset", "tuning", "rank", "alpha", "dropout", "num_frames", "height", "width", "frame_stride", "fps",
+                "bucket", "caption_template", "seed", "timestep_sampling", "timestep_alpha", "reg_weight", "reg_source",
+                "learning_rate", "lr_schedule", "warmup_steps", "weight_decay", "max_grad_norm",
+                "gradient_accumulation_steps", "motion_first_steps", "bypass_temporal_on_images")
+        steps = ("max_train_steps",) if self.lr_schedule != "constant" else ()
+        return {key: getattr(self, key) for key in keys + steps}

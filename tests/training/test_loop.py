@@ -338,6 +338,9 @@ def test_config_checks_and_toml(tmp_path):
         TrainConfig(dtype="fp16")  # refused before training, not when the adapter is saved
     with pytest.raises(ValueError, match="num_reg_generated"):
         TrainConfig(num_reg_generated=0)
+    assert "max_train_steps" not in TrainConfig().resume_key()  # a constant-rate run may be extended
+    assert TrainConfig(lr_schedule="cosine").resume_key()["max_train_steps"] == 400
+    assert TrainConfig(timestep_alpha=0.3).resume_key() != TrainConfig().resume_key()
     assert TrainConfig().lr == 1e-4 and TrainConfig(tuning="full").lr == 5e-6
     (tmp_path / "cfg.toml").write_text('[train]\nrank = 8\ntimestep_sampling = "cubic"\n')
     config = TrainConfig.from_toml(tmp_path / "cfg.toml", max_train_steps=9)
