@@ -15,7 +15,7 @@ import math
 import statistics
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,8 +158,19 @@ def subject_preset(config: TrainConfig) -> str:
 # ---------------------------------------------------------------- the loop
 
 
-def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, tokens, prompt_template, learned,
-         targets, reg, schedule) -> TrainResult:  # fmt: skip
+def _run(pipe, config, output_dir, accelerator, **setup) -> TrainResult:
+    """`_train`, and if it stops half-way (an error, Ctrl-C), the pipeline as it was before: no half-trained adapter
+    or learned token left in it, full-tuned weights restored, no training hooks, eval mode."""
+    undo = ExitStack()  # `_train` registers how to take back each change it makes to the pipeline
+    try:
+        return _train(pipe, config, output_dir, accelerator, undo=undo, **setup)
+    except BaseException:
+        undo.close()
+        raise
+
+
+def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, tokens, prompt_template, learned,
+           targets, reg, schedule, undo: ExitStack) -> TrainResult:  # fmt: skip
     started = time.perf_counter()
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
     device = accelerator.device
@@ -180,6 +191,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
             pipe, adapter_name, preset=preset, rank=config.rank, alpha=config.lora_alpha, dropout=config.dropout,
             token=[t for t in tokens if t], kind=kind, prompt_template=prompt_template,
         )  # fmt: skip
+        undo.callback(delete_motion_adapter, pipe, adapter_name)
         params = adapter.set_trainable(unet, adapter_name)
         originals = {}
     else:
@@ -187,6 +199,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
         unet.requires_grad_(False)
         modules = dict(unet.named_modules())
         originals = {name: modules[name].weight.detach().cpu().clone() for name in spec.module_names}
+        undo.callback(_restore_weights, unet, originals)
         params = [modules[name].weight for name in spec.module_names]
         for param in params:
             param.requires_grad_(True)
@@ -196,6 +209,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
     if learned:
         if config.tuning == "full":  # a placeholder adapter owns the learned tokens until the delta replaces it
             add_motion_adapter(pipe, adapter_name, preset=preset, rank=1, token=tokens, kind=kind, trainable=False)
+            undo.callback(delete_motion_adapter, pipe, adapter_name)
             for param in params:  # peft froze every parameter but its own as it injected the placeholder
                 param.requires_grad_(True)
         for token, class_word in learned:
@@ -211,8 +225,10 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
         mask = torch.zeros(embedding.shape[0], 1, device=embedding.device)
         mask[sorted(learned_ids)] = 1.0
         mask_handle = embedding.register_hook(lambda grad: grad * mask)  # only the new rows learn
+        undo.callback(mask_handle.remove)
     if config.gradient_checkpointing:
         _enable_checkpointing(unet)
+        undo.callback(_disable_checkpointing, unet)
 
     # 2. optimizer and learning-rate schedule (the embedding without weight decay: its other rows never move)
     groups = [{"params": params, "weight_decay": config.weight_decay}]
@@ -244,10 +260,12 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
 
     # 5. the loop
     unet.train()
+    undo.callback(unet.eval)
     bypass = _temporal_blocks(unet)
     text_per_frame = getattr(architecture_of(unet), "text_per_frame", False)
     quiet = {} if accelerator.is_main_process else {"disable": True}  # disable=False would override TQDM_DISABLE=1
     progress = tqdm(total=config.max_train_steps, initial=start_step, desc=f"training {adapter_name}", **quiet)
+    undo.callback(progress.close)
     if config.report_to:
         accelerator.init_trackers("motion_adapter", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
     step, loss_value, samples = start_step, math.nan, []
@@ -290,6 +308,7 @@ def _run(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset, t
             if accelerator.is_main_process and step < config.max_train_steps:
                 samples += _validate(pipe, config, output_dir, step, unet)
     progress.close()
+    undo.pop_all()  # trained: what follows finishes the adapter rather than taking it back
 
     # 6. back to inference: eval mode, fp32 views released, the adapter written by the main process
     unet.eval()
@@ -570,6 +589,16 @@ def _disable_checkpointing(unet) -> None:
         block.__dict__.pop("forward", None)  # back to the class's own forward
 
 
+def _restore_weights(unet, originals: dict[str, torch.Tensor]) -> None:
+    """Put the weights full tuning started from back into their modules (frozen, on their device and dtype)."""
+    modules = dict(unet.named_modules())
+    with torch.no_grad():
+        for name, original in originals.items():
+            weight = modules[name].weight
+            weight.data = original.to(weight.device, weight.dtype)
+            weight.requires_grad_(False)
+
+
 def _finish_full(pipe, config, output_dir, originals, adapter_name, kind, tokens, prompt_template, summary, result,
                  accelerator, *, has_learned_tokens: bool) -> None:  # fmt: skip
     """Full tuning: turn the trained weights into an exact delta adapter, restore the base, load the delta."""
@@ -578,9 +607,8 @@ def _finish_full(pipe, config, output_dir, originals, adapter_name, kind, tokens
     deltas = {}
     with torch.no_grad():
         for name, original in originals.items():
-            weight = modules[name].weight
-            deltas[name] = delta_as_lora(weight.detach().float().cpu() - original.float())
-            weight.data = original.to(weight.device, weight.dtype)
+            deltas[name] = delta_as_lora(modules[name].weight.detach().float().cpu() - original.float())
+    _restore_weights(unet, originals)
     learned = {}
     if has_learned_tokens:  # the placeholder adapter holds them: take them over
         learned = learned_embeddings(pipe, adapter_name)

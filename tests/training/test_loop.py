@@ -129,6 +129,26 @@ def _adapter_tensors(folder):
     return load_file(folder / "pytorch_lora_weights.safetensors")
 
 
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_training_stopped_half_way_leaves_the_pipeline_as_it_was(pipe, clips, tmp_path, monkeypatch, tuning):
+    before = testing.generate(pipe, "a dog doing the pll")
+    losses = []
+
+    def stopped_at_the_second_step(*args):
+        if losses:
+            raise KeyboardInterrupt
+        losses.append(loop_loss(*args))  # the first step trains: the pipeline has changed when the second stops
+        return losses[0]
+
+    loop_loss = loop._group_loss
+    monkeypatch.setattr(loop, "_group_loss", stopped_at_the_second_step)
+    config = tiny_config(tuning=tuning, learning_rate=1e-2, gradient_checkpointing=True, dtype="float32")
+    with pytest.raises(KeyboardInterrupt):
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    assert not lora_layers(pipe.unet) and not pipe.unet.training and not pipe.unet.is_gradient_checkpointing
+    np.testing.assert_array_equal(testing.generate(pipe, "a dog doing the pll"), before)
+
 def test_resume_reaches_the_same_adapter(clips, reg, tmp_path, monkeypatch):
     config = tiny_config(max_train_steps=6, checkpoint_every=3, dtype="float32")
     ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "straight",
