@@ -184,7 +184,7 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
     set_seed(config.seed)  # the LoRA's initial A
     for module in (vae, text_encoder, unet):
         module.to(device)
-        if weight_dtype != torch.float32:
+        if weight_dtype != torch.float32 and not (learned and module is text_encoder):
             module.to(dtype=weight_dtype)  # the frozen weights; trainable ones are set back to fp32 below
     if config.tuning == "lora":
         add_motion_adapter(
@@ -218,8 +218,9 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
         text_encoder = pipe.text_encoder  # resized
         text_encoder.to(device)
     embedding = text_encoder.get_input_embeddings().weight if learned else None
-    if embedding is not None:
+    if embedding is not None:  # the text encoder keeps its dtype (not cast above): only the token's rows train
         text_encoder.requires_grad_(False)
+        embedding_dtype = embedding.dtype
         embedding.data = embedding.data.float()
         embedding.requires_grad_(True)
         mask = torch.zeros(embedding.shape[0], 1, device=embedding.device)
@@ -319,6 +320,7 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
         param.requires_grad_(False)
     if embedding is not None:
         mask_handle.remove()
+        embedding.data = embedding.data.to(embedding_dtype)  # its text encoder's dtype again
     summary = {
         "steps": step, "learning_rate": config.lr, "tuning": config.tuning,
         "timestep_sampling": config.timestep_sampling,
@@ -595,7 +597,7 @@ def _restore_weights(unet, originals: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, original in originals.items():
             weight = modules[name].weight
-            weight.data = original.to(weight.device, weight.dtype)
+            weight.data = original.to(weight.device)  # in the dtype of the layers around it, not the trained fp32
             weight.requires_grad_(False)
 
 

@@ -455,3 +455,13 @@ def test_accumulation_warmup_and_bf16(pipe, clips, tmp_path, fresh_accelerator_s
     result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
     assert result.steps == 3 and np.isfinite(result.final_loss)
     assert all(p.dtype == torch.float32 for n, p in pipe.unet.named_parameters() if ".lora_" in n)
+
+
+@pytest.mark.parametrize("tuning", ["lora", "full"])
+def test_a_subject_trains_in_bf16_and_leaves_each_model_in_one_dtype(pipe, tmp_path, fresh_accelerator_state, tuning):
+    config = tiny_config(tuning=tuning, mixed_precision="bf16")
+    ma.train_subject(pipe, data=write_images(tmp_path / "photos"), token="<sks>", class_word="dog",
+                     output_dir=tmp_path / "out", config=config)  # fmt: skip
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.float32}  # it learned a token: never cast
+    assert {p.dtype for name, p in pipe.unet.named_parameters() if ".lora_" not in name} == {torch.bfloat16}
+    pipe.text_encoder(pipe.tokenizer("a <sks> dog", return_tensors="pt").input_ids)  # no fp32 row in a bf16 model
