@@ -53,7 +53,7 @@ def measure_quality(pipe, *, count: int = 64, seed: int = 0, num_inference_steps
                     guidance_scale: float = 3.0) -> dict:  # fmt: skip
     """Generate `count` clips over the pretraining world and score them with `toyworld.evaluate`.
 
-    Returns {"motion", "color", "shape", "num_clips", "num_inference_steps", "guidance_scale"}.
+    Returns {"motion", "color", "shape", "num_clips", "num_inference_steps", "guidance_scale", "scheduler"}.
     """
     prompts = quality_prompts(count, seed=seed)
     clips = sample_clips(pipe, prompts, seed=seed, num_inference_steps=num_inference_steps,
