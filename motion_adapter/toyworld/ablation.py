@@ -18,23 +18,15 @@ a composition study). Run again into the same folder, the grid reads back every 
 the same base and settings and makes only the others: an interrupted grid resumes. Jobs start as soon as what they
 need is done (`_run_jobs`): the sweeps and the composition first, the compressed adapters' short scorings last.
 
-Cost, measured on the 2-core development machine with two workers (one torch thread each): the first
-full grid (five motions, two seeds, 300 steps: 188 trainings, 10 compressed scorings, 2 composition studies)
-adds up, from its records, to about 2 h 58 min (10,400 s of runs and sweeps on two workers, the composition about
-4 minutes); it was made in two parts, 4,150 s for the bounce and the orbit, 5,951 s for the other three and
-the composition, the second reading the first's runs back. A training of 300 steps takes 62 to 140 s beside
-another (one example and one regularization clip a step; no regularization is the cheapest, rank 64 and generated
-regularization the dearest), sampling and scoring its 24 clips about 25 s of that. The 2-hour budget is not
-met; 100 steps would fit, but learned next to nothing (at most 12% in 14 runs on the zigzag and the orbit, in a
-grid stopped early).
-Since then a step's two clips share one forward pass (0.21 against 0.27 s a step, commit 3a50f44) and clips are
-scored with 10 DDIM steps (`SCORING_STEPS`): the full grid made from nothing at commit d835db8 took 7,357 s
-(2 h 2 min 37 s), still just over the budget, with jobs packed to within about 20 s of the work; a run 39 to 78 s of
-training beside another, about 13 s of scoring.
+Cost, measured on the 2-core development machine with two workers (one torch thread each): the full grid (five
+motions, two seeds, 300 steps: 188 trainings, 10 compressed scorings, 2 composition studies) made from nothing at
+commit b610ce0 took 7,491 s (2 h 4 min 51 s; 2 h 2 min 37 s at d835db8, nothing else running): over the 2-hour
+budget, with jobs packed to within about 20 s of the work. A run is 41 to 80 s of training beside another and about
+13 s of scoring. 100 steps would fit but learned next to nothing (at most 12% in 14 runs, a grid stopped early); the
+history of these figures is in docs/ablation.md.
 `QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 3 min 56 s with two workers
-at commit d92ba6f, nothing else running, its composition beside the trainings (3 min 59 s at 3dae022; 3 min 48 s at
-138e236, its timesteps row uniform; 5 min 1 s at 1722010, stage by stage; 6 min 3 s at 6996b65, scoring at 20
-steps).
+at commit d92ba6f, nothing else running, its composition beside the trainings (6 min 3 s at 6996b65, before the
+batched step and the 10-step scoring).
 """
 
 import dataclasses
