@@ -82,7 +82,6 @@ def inject(
     denoiser.peft_config[adapter_name] = config
 
 
-
 def get_state(denoiser: nn.Module, adapter_name: str) -> dict[str, LoraPair]:
     """The tensors of one adapter, by module path (detached copies on the CPU, float32)."""
     state = {}

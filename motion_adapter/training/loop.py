@@ -243,9 +243,12 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
 
     # 3. text embeddings of captions without learned tokens never change: encode them once
     text_cache = {}
+    learning = {}  # caption -> whether it holds a learned token (then encoded with gradient at every step)
 
     def encode_text(caption: str) -> torch.Tensor:
-        if embedding is not None and not learned_ids.isdisjoint(pipe.tokenizer(caption).input_ids):
+        if caption not in learning:  # tokenized once per caption, not at every step
+            learning[caption] = embedding is not None and not learned_ids.isdisjoint(pipe.tokenizer(caption).input_ids)
+        if learning[caption]:
             return _encode_prompt(pipe.tokenizer, trained_text, caption, device)
         if caption not in text_cache:
             with torch.no_grad():
