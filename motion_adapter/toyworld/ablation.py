@@ -383,6 +383,15 @@ def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
     return record
 
 
+def _files_digest(paths: Sequence[Path]) -> str:
+    """A short hash of files' bytes: recorded runs are reused only on the same example clips (the world may have
+    changed how it draws a motion since)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _weights_digest(pipe) -> str:
     """A short hash of a base pipeline's weights: recorded runs are reused only on the same base."""
     digest = hashlib.sha256()
@@ -400,16 +409,18 @@ def _train_and_score(
     score the adapter."""
     folder = folder or s.out / "runs" / variant.name / f"{motion}-s{seed}"
     config = _config(s, variant, seed=seed, learning_rate=learning_rate)
+    examples, appearances = _examples(folder / "examples", motion, seed=seed, count=variant.examples)
     identity = {"base": s.base, "variant": variant.recipe(), "config": dataclasses.asdict(config),
-                "motion": motion, "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts,
+                "motion": motion, "examples": _files_digest(examples),
+                "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts,
                 "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE]}  # fmt: skip
     return _recorded(folder / "run.json", identity, partial(_train_and_score_now, s, variant, motion, seed, config,
-                                                            folder))  # fmt: skip
+                                                            folder, examples, appearances))  # fmt: skip
 
 
-def _train_and_score_now(s: _Settings, variant: Variant, motion: str, seed: int, config: TrainConfig, folder: Path):
+def _train_and_score_now(s: _Settings, variant: Variant, motion: str, seed: int, config: TrainConfig, folder: Path,
+                         examples: list[Path], appearances: list[tuple[str, str]]) -> dict:  # fmt: skip
     started = time.perf_counter()
-    examples, appearances = _examples(folder / "examples", motion, seed=seed, count=variant.examples)
     reg_data = None
     if variant.regularization != "none":
         write_regularization(folder / "regularization", seed=seed)

@@ -159,3 +159,10 @@ def test_named_motions_are_large_and_stay_on_the_canvas():
             change = max(travel, np.ptp(np.log(poses[:, 2])), np.ptp(poses[:, 3]) / 360)
             assert change > 0.25 or motion == "still", motion
             assert np.abs(np.diff(poses[:, 3])).max() < 36  # under half the star's symmetry period
+
+
+def test_every_zigzag_starts_the_same_way():
+    # clips starting up or down at random were mirror images: an adapter taught from both learned a straight move
+    for seed in range(20):
+        rise = np.diff(toyworld.trajectory("zigzag", seed=seed)[:, 1])
+        assert rise[0] > 0 and (np.sign(rise[1:]) == -np.sign(rise[:-1])).all()  # from up: down the screen first
