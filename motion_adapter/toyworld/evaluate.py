@@ -166,7 +166,7 @@ class _Frames:
     present: np.ndarray  # (f,) bool: a shape was found
     weights: np.ndarray  # (f, h, w) soft foreground weights in [0, 1]
     solidity: np.ndarray  # (f,) area / its convex hull's: low for the concave cross and star
-    color: np.ndarray | None  # (3,) median colour of the shape's core pixels over the clip
+    color: np.ndarray | None  # (3,) median colour of the shape's core pixels over the clip; None without a core
 
 
 def _segment(clip: np.ndarray) -> _Frames:
@@ -303,7 +303,7 @@ def classify(clip: np.ndarray) -> dict[str, str | None]:
     track = _track(frames.weights[frames.present], frames.solidity[frames.present])
     return {
         "motion": _classify_motion(track) if frames.present.all() else None,
-        "color": _classify_color(frames.color),
+        "color": _classify_color(frames.color) if frames.color is not None else None,
         "shape": _classify_shape(track, clip.shape[1]),
     }
 

@@ -74,6 +74,17 @@ def test_a_blank_clip_shows_nothing():
     assert toyworld.classify(blank) == {"motion": None, "color": None, "shape": None}
 
 
+def test_a_shape_without_a_core_reads_no_colour():
+    # the largest bright region (a dim line) has no pixel near the frame's typical contrast, set by small white squares
+    clip = np.zeros((8, 32, 32, 3), np.uint8)
+    clip[:, 16, 4:24] = 153
+    for x in (4, 10, 16, 22):
+        clip[:, 24:27, x : x + 3] = 255
+    assert toyworld.classify(clip)["color"] is None
+    report = toyworld.evaluate([clip], ["a red circle moving left"])
+    assert report.clips[0].found_color is None and report.clips[0].color_ok is False
+
+
 def test_evaluate_scores_the_asked_parts():
     clips = [toyworld.render("square", "red", "left", seed=s) for s in range(3)]
     prompts = ["a red square moving left", "a blue square moving right", "a red square"]
