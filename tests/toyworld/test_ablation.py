@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from motion_adapter import inspect
 from motion_adapter.cli import _ablate, build_parser
-from motion_adapter.toyworld import ablation, ablation_report
+from motion_adapter.toyworld import ablation, ablation_report, world
 from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
 from motion_adapter.toyworld.model import WEIGHTS_DIR
 from motion_adapter.toyworld.world import parse_caption
@@ -160,4 +160,8 @@ def test_a_grid_run_again_reads_its_runs_back_and_remakes_changed_ones(results, 
     monkeypatch.setattr(ablation, "train_motion", no_training)
     with pytest.raises(AssertionError, match="trained again"):  # other settings: the runs are made again
         ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=3,
+                              prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
+    monkeypatch.setitem(world._MOTIONS, "zigzag", world._MOTIONS["right"])  # the world draws the motion otherwise
+    with pytest.raises(AssertionError, match="trained again"):  # other example clips: the runs are made again
+        ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=2,
                               prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
