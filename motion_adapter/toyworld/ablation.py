@@ -15,8 +15,9 @@ copy per variant, grouped by factor; then each variant's accuracy per motion, pe
 and plot.png (one panel per factor), both made by `ablation_report`; each run's folder keeps its examples, adapter,
 a picture of its first samples with what the evaluator read off them, and its record (run.json; composition.json for
 a composition study). Run again into the same folder, the grid reads back every run and study recorded there with
-the same base and settings and makes only the others: an interrupted grid resumes. Jobs start as soon as what they
-need is done (`_run_jobs`): the sweeps and the composition first, the compressed adapters' short scorings last.
+the same base, settings and example clips and makes only the others: an interrupted grid resumes. Jobs start as soon
+as what they need is done (`_run_jobs`): the sweeps and the composition first, the compressed adapters' short
+scorings last.
 
 Cost, measured on the 2-core development machine with two workers (one torch thread each): the full grid (five
 motions, two seeds, 300 steps: 188 trainings, 10 compressed scorings, 2 composition studies) made from nothing at

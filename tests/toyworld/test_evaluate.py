@@ -75,7 +75,7 @@ def test_a_blank_clip_shows_nothing():
 
 
 def test_a_shape_without_a_core_reads_no_colour():
-    # the largest bright region (a dim line) has no pixel near the frame's typical contrast, set by small white squares
+    # the largest region (a dim line) has no pixel near the frame's typical contrast, which small white squares set
     clip = np.zeros((8, 32, 32, 3), np.uint8)
     clip[:, 16, 4:24] = 153
     for x in (4, 10, 16, 22):
