@@ -555,25 +555,28 @@ def _base_prior(s: _Settings, seed: int):
 
 def _composition_seed(s: _Settings, default_run: dict) -> dict:
     """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back."""
-    folder = s.out / "composition" / f"s{default_run['seed']}"
-    subject = _config(s, GRID_DEFAULT, seed=default_run["seed"], learning_rate=SUBJECT_RATE)  # layers: subject_preset
+    motion, seed = default_run["motion"], default_run["seed"]
+    folder = s.out / "composition" / f"s{seed}"
+    subject = _config(s, GRID_DEFAULT, seed=seed, learning_rate=SUBJECT_RATE)  # layers: subject_preset
     subject = subject.replace(timestep_sampling=SUBJECT_TIMESTEPS)
+    images = _write_subject_images(folder / "subject-images", seed=seed)
+    write_examples(folder / "examples", motion, seed=seed)  # the joint training's
+    drawn = sorted(images.iterdir()) + sorted((folder / "examples").iterdir())
     identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
-                "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE],
+                "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE], "drawn": _files_digest(drawn),
                 "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject),
                             "images": SUBJECT_IMAGES}}  # fmt: skip
     return _recorded(folder / "composition.json", identity,
-                     partial(_composition_seed_now, s, default_run, folder, subject))  # fmt: skip
+                     partial(_composition_seed_now, s, default_run, folder, subject, images))  # fmt: skip
 
 
-def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, subject: TrainConfig) -> dict:
+def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, subject: TrainConfig, images: Path) -> dict:
     """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
     trained apart and loaded together, then with per-group weights, and trained jointly (the motion's layers and the
     subject's). {method: scores}. Per-group weights keep the subject to its spatial groups and the motion to its
     temporal one; where neither adapter has a group to turn off they are the composed pipeline's, whose scores are
     then reused, not sampled twice."""
     motion, seed = default_run["motion"], default_run["seed"]
-    images = _write_subject_images(folder / "subject-images", seed=seed)
     train_subject(_fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,
                   output_dir=folder / SUBJECT_TOKEN, config=subject)  # fmt: skip
     scores = {}
@@ -591,7 +594,6 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, subject
         scores["separate, per-group weights"] = _score_composition(pipe, motion, seed, s.prompts_per_run,
                                                                   folder / "per-group-weights.png")  # fmt: skip
 
-    write_examples(folder / "examples", motion, seed=seed)
     write_regularization(folder / "regularization", seed=seed)
     config = _config(s, GRID_DEFAULT, seed=seed, learning_rate=None)
     joint = config.replace(max_train_steps=2 * s.steps, motion_first_steps=s.steps // 2)

@@ -153,6 +153,11 @@ def test_a_grid_run_again_reads_its_runs_back_and_remakes_changed_ones(results, 
     again = ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=2,
                                   prompts_per_run=2, prior_prompts=2, workers=1)  # fmt: skip
     assert again["runs"] == run["runs"] and again["composition"] == run["composition"]
+    with monkeypatch.context() as patched:  # the world draws the subject otherwise: the composition is made again
+        patched.setitem(world._POLYGONS, "star", world._star(5, 0.24, 0.06))
+        with pytest.raises(AssertionError, match="trained again"):
+            ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=2,
+                                  prompts_per_run=2, prior_prompts=2, workers=1)  # fmt: skip
     monkeypatch.setattr(ablation, "train_motion", functools.partial(train_only_new, train_motion))
     other = ablation.run_ablation(out, variants=["coarse"], motions=["zigzag"], seeds=[0], steps=2,
                                   prompts_per_run=2, prior_prompts=2, workers=1, composition=False)  # fmt: skip
