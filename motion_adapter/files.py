@@ -1,7 +1,8 @@
 """Atomic writes: at a path there is nothing, the old file, or the complete new one, never half a file.
 
 Every file the library writes (adapters, checkpoints, videos, pictures, JSON) goes through here, so that a crash
-or a full disk midway leaves no truncated file that a later run would trust.
+or a full disk midway leaves no truncated file that a later run would trust. The new file's bytes reach the disk
+before it takes the path's place, so a power cut cannot leave the path naming an empty file either.
 """
 
 import os
@@ -22,6 +23,7 @@ def temporary_sibling(path):
     try:
         yield tmp
         os.chmod(tmp, mode)  # some writers (safetensors) replace the file with one of mode 0600
+        _flush_to_disk(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -38,6 +40,16 @@ def _create_empty_sibling(path: Path) -> Path:
             return tmp
         except FileExistsError:  # another writer drew the same name: draw again
             continue
+
+
+def _flush_to_disk(path: Path) -> None:
+    """fsync: without it a file renamed into place just before a power cut may come back empty (delayed allocation).
+    POSIX syncs a file opened for reading (its mode may forbid writing); Windows wants a writable handle."""
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

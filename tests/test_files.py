@@ -38,3 +38,17 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("disk full")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_new_bytes_reach_the_disk_before_the_file_takes_the_path(tmp_path, monkeypatch):
+    """A rename is atomic, not durable: the file is synced first, or a power cut may leave the path naming an
+    empty file."""
+    synced = []
+
+    def fsync(fd):
+        synced.append((os.fstat(fd).st_size, (tmp_path / "run.json").exists()))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write_bytes(tmp_path / "run.json", b"{}\n")
+    assert synced == [(3, False)]  # the whole file, before it took the path
+    assert (tmp_path / "run.json").read_bytes() == b"{}\n"
