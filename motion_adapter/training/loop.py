@@ -512,8 +512,9 @@ def _optimizer(config: TrainConfig, groups):
     """AdamW; the 8-bit one of bitsandbytes when asked, or on "auto" when it and a GPU are there.
 
     torch's AdamW loops over the tensors in Python on CPU unless told otherwise: with a LoRA's hundreds of small
-    tensors the loop shows. Its fused kernel does the whole update in one pass (the tiny world's rank-8 LoRA,
-    256 tensors: 2.0 ms a step against 5.7 ms with `foreach` and 9 ms with the loop; the same update up to rounding).
+    tensors the loop shows. Its fused kernel, on CPU and CUDA, does the whole update in one pass (the tiny world's
+    rank-8 LoRA, 256 tensors, one thread: 2.0 ms for the update and the gradient clipping against 5.7 ms with
+    `foreach`; the same update up to rounding); other devices keep torch's default.
     """
     want_8bit = config.use_8bit_adam == "yes" or (config.use_8bit_adam == "auto" and torch.cuda.is_available())
     if want_8bit:
@@ -524,7 +525,8 @@ def _optimizer(config: TrainConfig, groups):
         except ImportError:
             if config.use_8bit_adam == "yes":
                 raise ImportError("use_8bit_adam='yes' needs bitsandbytes: pip install bitsandbytes") from None
-    return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    fused = groups[0]["params"][0].device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
 
 
 def _warn_if_split(pipe, token: str) -> None:

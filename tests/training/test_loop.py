@@ -118,6 +118,13 @@ def test_loss_follows_the_prediction_type():
     assert torch.equal(loop._target(DDPMScheduler(prediction_type="sample"), latents, noise, t), latents)
 
 
+def test_adamw_takes_the_fused_step_where_torch_has_one():
+    on_cpu = loop._optimizer(TrainConfig(), [{"params": [torch.nn.Parameter(torch.zeros(3))]}])
+    assert isinstance(on_cpu, torch.optim.AdamW) and on_cpu.defaults["fused"]
+    on_meta = loop._optimizer(TrainConfig(), [{"params": [torch.nn.Parameter(torch.zeros(3, device="meta"))]}])
+    assert not on_meta.defaults["fused"]  # no fused kernel there: torch's default
+
+
 def test_v_prediction_pipeline_trains(clips, tmp_path):
     pipe = testing.tiny_pipeline()
     pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, prediction_type="v_prediction")
