@@ -385,8 +385,8 @@ def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
 
 
 def _files_digest(paths: Sequence[Path]) -> str:
-    """A short hash of files' bytes: recorded runs are reused only on the same example clips (the world may have
-    changed how it draws a motion since)."""
+    """A short hash of files' bytes: recorded runs and composition studies are reused only on the same example
+    clips and subject images (the world may have changed how it draws a motion or a shape since)."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.read_bytes())
