@@ -62,7 +62,8 @@ class TrainConfig:
     bucket: bool = _field(False, "aspect buckets: keep each clip's aspect ratio at about the same pixel count")
     latent_cache: str = _field("memory", "encode clips once: memory, disk (output_dir/latent_cache), or off")
     seed: int = _field(0, "seed of everything random in the run")
-    mixed_precision: str = _field("no", "no, fp16 or bf16 (the paper trains in fp16)")
+    mixed_precision: str = _field("no", "no, fp16 or bf16 (the paper trains in fp16); the pipeline's frozen weights "
+                                        "are cast to it in place and stay so, as for inference")
     gradient_checkpointing: bool = _field(False, "recompute activations in the backward pass to save memory")
     gradient_accumulation_steps: int = _field(1, "micro-steps per optimizer step")
     warmup_steps: int = _field(0, "linear learning-rate warm-up steps")

@@ -160,7 +160,8 @@ def subject_preset(config: TrainConfig) -> str:
 
 def _run(pipe, config, output_dir, accelerator, **setup) -> TrainResult:
     """`_train`, and if it stops half-way (an error, Ctrl-C), the pipeline as it was before: no half-trained adapter
-    or learned token left in it, full-tuned weights restored, no training hooks, eval mode."""
+    or learned token left in it, full-tuned weights restored, no training hooks, eval mode. (Under mixed precision
+    its frozen weights keep the cast: taking it back exactly would need a full-precision copy of every model.)"""
     undo = ExitStack()  # `_train` registers how to take back each change it makes to the pipeline
     try:
         return _train(pipe, config, output_dir, accelerator, undo=undo, **setup)
