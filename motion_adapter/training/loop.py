@@ -219,6 +219,7 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
         text_encoder = pipe.text_encoder  # resized
         text_encoder.to(device)
     embedding = text_encoder.get_input_embeddings().weight if learned else None
+    session = undo.enter_context(ExitStack())  # hooks, modes and bar of the training itself: dropped either way
     if embedding is not None:  # the text encoder keeps its dtype (not cast above): only the token's rows train
         text_encoder.requires_grad_(False)
         embedding_dtype = embedding.dtype
@@ -227,10 +228,10 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
         mask = torch.zeros(embedding.shape[0], 1, device=embedding.device)
         mask[sorted(learned_ids)] = 1.0
         mask_handle = embedding.register_hook(lambda grad: grad * mask)  # only the new rows learn
-        undo.callback(mask_handle.remove)
+        session.callback(mask_handle.remove)
     if config.gradient_checkpointing:
         _enable_checkpointing(unet)
-        undo.callback(_disable_checkpointing, unet)
+        session.callback(_disable_checkpointing, unet)
 
     # 2. optimizer and learning-rate schedule (the embedding without weight decay: its other rows never move)
     groups = [{"params": params, "weight_decay": config.weight_decay}]
@@ -265,12 +266,12 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
 
     # 5. the loop
     unet.train()
-    undo.callback(unet.eval)
+    session.callback(unet.eval)
     bypass = _temporal_blocks(unet)
     text_per_frame = getattr(architecture_of(unet), "text_per_frame", False)
     quiet = {} if accelerator.is_main_process else {"disable": True}  # disable=False would override TQDM_DISABLE=1
     progress = tqdm(total=config.max_train_steps, initial=start_step, desc=f"training {adapter_name}", **quiet)
-    undo.callback(progress.close)
+    session.callback(progress.close)
     if config.report_to:
         accelerator.init_trackers("motion_adapter", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
     step, loss_value, samples = start_step, math.nan, []
@@ -312,18 +313,14 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
         if config.validation_every and config.validation_prompts and step % config.validation_every == 0:
             if accelerator.is_main_process and step < config.max_train_steps:
                 samples += _validate(pipe, config, output_dir, step, unet)
-    progress.close()
     undo.pop_all()  # trained: what follows finishes the adapter rather than taking it back
 
-    # 6. back to inference: eval mode, fp32 views released, the adapter written by the main process
-    unet.eval()
+    # 6. back to inference: eval mode, hooks off, fp32 views released, the adapter written by the main process
+    session.close()
     text_encoder.eval()
-    if config.gradient_checkpointing:
-        _disable_checkpointing(unet)
     for param in all_params:
         param.requires_grad_(False)
     if embedding is not None:
-        mask_handle.remove()
         embedding.data = embedding.data.to(embedding_dtype)  # its text encoder's dtype again
     summary = {
         "steps": step, "learning_rate": config.lr, "tuning": config.tuning,
