@@ -478,7 +478,10 @@ def _load_checkpoint(path, model, optimizer, ema) -> int:
 
 
 def _export(output_dir, vae, text_encoder, tokenizer, unet, scheduler) -> None:
-    """Write the pipeline folder (model_index.json and components), each file moved into place atomically."""
+    """Write the pipeline folder (model_index.json and components), each file moved into place atomically.
+
+    model_index.json, which makes the folder loadable, goes first and comes back last: an export that stops
+    half-way leaves a folder that refuses to load (and that `pretrain` run again exports whole), not a mix of two."""
     import shutil
 
     from diffusers import TextToVideoSDPipeline
@@ -490,11 +493,12 @@ def _export(output_dir, vae, text_encoder, tokenizer, unet, scheduler) -> None:
     )
     pipe.save_pretrained(tmp, safe_serialization=True)
     write_tokenizer_files(tmp / "tokenizer")  # the slow tokenizer's files too, for older transformers
-    for path in sorted(tmp.rglob("*")):
-        if path.is_file():
-            target = output_dir / path.relative_to(tmp)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
+    (output_dir / "model_index.json").unlink(missing_ok=True)
+    files = sorted((path for path in tmp.rglob("*") if path.is_file()), key=lambda p: (p.name == "model_index.json", p))
+    for path in files:
+        target = output_dir / path.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

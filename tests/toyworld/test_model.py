@@ -1,5 +1,6 @@
 """The tiny world's base model: its tokenizer, the shipped weights, and the pretraining function."""
 
+import os
 import random
 import string
 import sys
@@ -112,6 +113,25 @@ def test_pretrain_checkpoints_resumes_and_matches_an_uninterrupted_run(tmp_path)
     pipe = toyworld.load_pipeline(interrupted)
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' spread
     assert pipe.tokenizer.get_vocab() == model.build_tokenizer().get_vocab()
+
+
+def test_an_export_stopped_half_way_leaves_no_loadable_mix(tmp_path, monkeypatch):
+    out = toyworld.pretrain(tmp_path / "run", steps=2, **_TINY_RUN)
+    replace = os.replace
+
+    def stopped_at_the_denoiser(source, target):
+        if "unet" in str(source):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stopped_at_the_denoiser)
+    with pytest.raises(KeyboardInterrupt):
+        toyworld.pretrain(out, steps=2, **_TINY_RUN)  # nothing left to train: only the export runs again
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        toyworld.load_pipeline(out)
+    monkeypatch.setattr(os, "replace", replace)
+    toyworld.pretrain(out, steps=2, **_TINY_RUN)
+    assert type(toyworld.load_pipeline(out).unet).__name__ == "UNet3DConditionModel"
 
 
 def test_load_pipeline_explains_a_folder_without_a_pipeline(tmp_path):
