@@ -41,7 +41,7 @@ from ..pipeline import (
     safe_adapter_name,
     save_motion_adapter,
 )
-from ..targets import architecture_fingerprint, architecture_of, resolve_targets
+from ..targets import architecture_fingerprint, architecture_of, denoiser_of, resolve_targets
 from ..video import write_video
 from .cache import LatentStore
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -85,6 +85,7 @@ def train_motion(
     The trained adapter stays loaded in `pipe` under the name `token`.
     """
     config = config or TrainConfig()
+    _check_precision(pipe, config)
     accelerator = _accelerator(config, output_dir, images=False)
     clips = _load_clips(pipe, data, config, Path(output_dir) / "latent_cache" / "clips", token=token)
     reg = _load_regularization(pipe, reg_data, config, Path(output_dir))
@@ -123,6 +124,7 @@ def train_subject(
     if joint != (motion_token is not None):
         raise ValueError("joint training needs both motion_data and motion_token")
     preset = preset or ("motion+appearance" if joint else subject_preset(config))
+    _check_precision(pipe, config)
     accelerator = _accelerator(config, output_dir, images=True)
     template = caption_template.replace("{class_word}", class_word)
     cache = Path(output_dir) / "latent_cache"
@@ -229,6 +231,11 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
         mask[sorted(learned_ids)] = 1.0
         mask_handle = embedding.register_hook(lambda grad: grad * mask)  # only the new rows learn
         session.callback(mask_handle.remove)
+        if embedding_dtype != torch.float32:  # the fp32 rows feed a half-precision encoder in its own dtype
+            cast = text_encoder.get_input_embeddings().register_forward_hook(
+                lambda module, args, output: output.to(embedding_dtype)
+            )
+            session.callback(cast.remove)
     if config.gradient_checkpointing:
         _enable_checkpointing(unet)
         session.callback(_disable_checkpointing, unet)
@@ -346,6 +353,16 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
 
 
 # ---------------------------------------------------------------- pieces
+
+
+def _check_precision(pipe, config: TrainConfig) -> None:
+    """A half-precision pipeline trains only under mixed precision (fp32 trainable weights, fp16 gradients scaled):
+    refused before any work, with the setting that fixes it."""
+    dtype = next(denoiser_of(pipe).parameters()).dtype
+    if config.mixed_precision == "no" and dtype != torch.float32:
+        setting = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "bf16")
+        raise ValueError(f"the pipeline's denoiser is in {dtype}: train it with TrainConfig(mixed_precision="
+                         f"'{setting}') (--mixed-precision {setting}), or load the pipeline in float32")  # fmt: skip
 
 
 def _accelerator(config: TrainConfig, output_dir, *, images: bool) -> Accelerator:

@@ -472,3 +472,21 @@ def test_a_subject_trains_in_bf16_and_leaves_each_model_in_one_dtype(pipe, tmp_p
     assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.float32}  # it learned a token: never cast
     assert {p.dtype for name, p in pipe.unet.named_parameters() if ".lora_" not in name} == {torch.bfloat16}
     pipe.text_encoder(pipe.tokenizer("a <sks> dog", return_tensors="pt").input_ids)  # no fp32 row in a bf16 model
+
+
+def test_a_half_precision_pipeline_is_refused_without_mixed_precision(pipe, clips, tmp_path):
+    pipe.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="mixed_precision='bf16'"):
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=tiny_config())
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_a_subject_trains_on_a_pipeline_already_in_bf16(pipe, tmp_path, fresh_accelerator_state):
+    pipe.to(torch.bfloat16)
+    ma.train_subject(pipe, data=write_images(tmp_path / "photos"), token="<sks>", class_word="dog",
+                     output_dir=tmp_path / "out", config=tiny_config(mixed_precision="bf16"))  # fmt: skip
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+    token = pipe.tokenizer.convert_tokens_to_ids("<sks>")
+    dog = pipe.tokenizer("dog", add_special_tokens=False).input_ids[0]
+    rows = pipe.text_encoder.get_input_embeddings().weight
+    assert not torch.equal(rows[token], rows[dog])  # the token learned, from the class word's embedding
