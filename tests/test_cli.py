@@ -93,6 +93,7 @@ def test_train_subject_takes_its_own_image_captions_and_layers(base_dir, tmp_pat
     with pytest.raises(SystemExit):  # the motion's --preset would be ignored: --subject-preset picks the layers
         build_parser().parse_args([*command, "--preset", "motion"])
 
+
 def test_on_a_gpu_training_loads_the_base_in_fp32_and_generating_in_fp16(monkeypatch):
     import torch
     from diffusers import DiffusionPipeline
@@ -102,7 +103,7 @@ def test_on_a_gpu_training_loads_the_base_in_fp32_and_generating_in_fp16(monkeyp
     loaded = []
     pipe = SimpleNamespace(to=lambda device: pipe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", 
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained",
                         lambda name, torch_dtype: loaded.append(torch_dtype) or pipe)
     cli._load_base("user/base", half_on_gpu=False)  # mixed precision casts what it trains under, from fp32
     cli._load_base("user/base")
