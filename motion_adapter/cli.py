@@ -37,7 +37,7 @@ def _train(args) -> int:
 
     _check_paths(args.data, args.reg_data)
     result = train_motion(
-        _load_base(args.base, half_on_gpu=False), data=args.data, token=args.token, output_dir=args.output_dir,
+        _load_base(args.base, training=True), data=args.data, token=args.token, output_dir=args.output_dir,
         reg_data=args.reg_data, config=_config(args),
     )  # fmt: skip
     print(
@@ -51,7 +51,7 @@ def _train_subject(args) -> int:
 
     _check_paths(args.data, args.motion_data, args.reg_data)
     result = train_subject(
-        _load_base(args.base, half_on_gpu=False), data=args.data, token=args.token, class_word=args.class_word,
+        _load_base(args.base, training=True), data=args.data, token=args.token, class_word=args.class_word,
         output_dir=args.output_dir, config=_config(args), preset=args.subject_preset, motion_data=args.motion_data,
         motion_token=args.motion_token, reg_data=args.reg_data,
         **({"caption_template": args.image_caption_template} if args.image_caption_template else {}),
@@ -151,15 +151,16 @@ def split_weight(spec: str) -> tuple[str, float]:
         return spec, 1.0
 
 
-def _load_base(name: str, *, half_on_gpu: bool = True):
-    """The base pipeline: a Hub id or folder, on the GPU if there is one, in fp16 there for generating (training
-    loads fp32 and casts what --mixed-precision asks for)."""
+def _load_base(name: str, *, training: bool = False):
+    """The base pipeline from a Hub id or folder, on this process's GPU if there is one (under `accelerate launch`
+    each process its own): in fp16 there for generating; for training in fp32, cast as --mixed-precision asks."""
     import torch
+    from accelerate import PartialState
     from diffusers import DiffusionPipeline
 
-    cuda = torch.cuda.is_available()
-    pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch.float16 if cuda and half_on_gpu else torch.float32)
-    return pipe.to("cuda") if cuda else pipe
+    device = PartialState().device if torch.cuda.is_available() else torch.device("cpu")
+    half = device.type == "cuda" and not training
+    return DiffusionPipeline.from_pretrained(name, torch_dtype=torch.float16 if half else torch.float32).to(device)
 
 
 # ---------------------------------------------------------------- TrainConfig as flags

@@ -94,20 +94,22 @@ def test_train_subject_takes_its_own_image_captions_and_layers(base_dir, tmp_pat
         build_parser().parse_args([*command, "--preset", "motion"])
 
 
-def test_on_a_gpu_training_loads_the_base_in_fp32_and_generating_in_fp16(monkeypatch):
+def test_on_a_gpu_the_base_loads_on_the_process_s_own_device_in_fp32_to_train_in_fp16_to_generate(monkeypatch):
+    import accelerate
     import torch
     from diffusers import DiffusionPipeline
 
     from motion_adapter import cli
 
     loaded = []
-    pipe = SimpleNamespace(to=lambda device: pipe)
+    pipe = SimpleNamespace(to=lambda device: loaded.append(device) or pipe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(accelerate, "PartialState", lambda: SimpleNamespace(device=torch.device("cuda", 3)))
     monkeypatch.setattr(DiffusionPipeline, "from_pretrained",
-                        lambda name, torch_dtype: loaded.append(torch_dtype) or pipe)
-    cli._load_base("user/base", half_on_gpu=False)  # mixed precision casts what it trains under, from fp32
+                        lambda name, torch_dtype: loaded.append(torch_dtype) or pipe)  # fmt: skip
+    cli._load_base("user/base", training=True)  # mixed precision casts what it trains under, from fp32
     cli._load_base("user/base")
-    assert loaded == [torch.float32, torch.float16]
+    assert loaded == [torch.float32, torch.device("cuda", 3), torch.float16, torch.device("cuda", 3)]
 
 
 def test_bad_training_input_is_one_clear_line(base_dir, tmp_path, capsys):
