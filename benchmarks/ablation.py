@@ -1,5 +1,5 @@
 """The paper's ablation on the tiny world (`motion_adapter.toyworld.ablation.run_ablation`): runs.json, table.md,
-plot.png in --out. The full grid took 2 h 4 min 51 s on 2 CPU cores, made from nothing at commit b610ce0
+plot.png in --out. The full grid took 2 h 18 min 28 s on 2 CPU cores, made from nothing at commit bb1cb7e
 (docs/ablation.md); --quick 3 min 56 s at commit d92ba6f.
 
     python benchmarks/ablation.py [--quick] [--out DIR] [--base PIPELINE_DIR] [--variants default motion ...]
