@@ -124,15 +124,7 @@ def format_table(results: dict) -> str:
     for name in rows:
         by_shape = summary[name]["motion_accuracy_by_shape"]
         lines.append(f"| {name} | {' | '.join(_percent(by_shape.get(shape)) for shape in shapes)} |")
-    if results["lr_sweeps"]:
-        lines += ["", "Learning-rate sweeps (one motion and seed; the most accurate rate is used for every run):", "",
-                  "| variant | learning rate | accuracy | copy | final loss | chosen |",
-                  "|---|---:|---:|---:|---:|---|"]  # fmt: skip
-        for name, sweep in results["lr_sweeps"].items():
-            for rate in sweep["rates"]:
-                chosen = "yes" if rate["learning_rate"] == sweep["chosen"] else ""
-                lines.append(f"| {name} | {rate['learning_rate']:g} | {_percent(rate['motion_accuracy'])} | "
-                             f"{_percent(rate['copy_score'])} | {rate['final_loss']:.4f} | {chosen} |")  # fmt: skip
+    lines += _sweep_lines(results["lr_sweeps"])
     composition = results["composition"]
     if composition:
         subject, motion = composition["subject_token"], composition["motion_token"]
@@ -143,6 +135,24 @@ def format_table(results: dict) -> str:
             cells = [_percent(m[key], m[f"{key}_std"]) for key in ("shape_accuracy", "motion_accuracy", "both")]
             lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
+
+
+def _sweep_lines(sweeps: dict) -> list[str]:
+    """The learning-rate sweeps' table: each rate's accuracy on every cell of its sweep, the mean, which was chosen."""
+    if not sweeps:
+        return []
+    cells = " / ".join(f"{motion} s{seed}" for motion, seed in next(iter(sweeps.values()))["cells"])
+    lines = ["", "Learning-rate sweeps (the rate most accurate on average over the sweep's runs is used for every run "
+             "of its variant):", "", f"| variant | learning rate | accuracy ({cells}) | mean | copy | chosen |",
+             "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for name, sweep in sweeps.items():
+        for rate in sweep["rates"]:
+            by_cell = " / ".join(f"{100 * r['motion_accuracy']:.0f}" for r in rate["runs"])
+            mean = {key: np.mean([r[key] or 0.0 for r in rate["runs"]]) for key in ("motion_accuracy", "copy_score")}
+            chosen = "yes" if rate["learning_rate"] == sweep["chosen"] else ""
+            lines.append(f"| {name} | {rate['learning_rate']:g} | {by_cell} | {_percent(mean['motion_accuracy'])} | "
+                         f"{_percent(mean['copy_score'])} | {chosen} |")  # fmt: skip
+    return lines
 
 
 _PANEL = dict(bar=56, gap=18, height=300, top=34, bottom=70, left=40, title=24, max_width=1100)  # pixels

@@ -90,6 +90,48 @@ def test_jobs_run_lowest_rank_first_and_start_the_jobs_they_unlock(tmp_path):
     assert list((tmp_path / "logs").glob("worker-*.log"))
 
 
+def test_lora_rates_fall_with_the_rank_around_the_recipes_rate():
+    recipe = ablation.train_config()
+    assert ablation.lora_rates(recipe.rank)[1] == recipe.lr
+    for rank in (4, 16, 64):
+        low, centre, high = ablation.lora_rates(rank)
+        assert math.isclose(centre, recipe.lr * math.sqrt(recipe.rank / rank), rel_tol=0.05)  # 2 digits
+        assert math.isclose(high / centre, 3, rel_tol=0.1) and math.isclose(centre / low, 3, rel_tol=0.1)
+
+
+def test_a_sweep_reads_two_motions_and_its_chosen_runs_join_the_grid(tmp_path, monkeypatch):
+    # the bounce alone would choose 1e-3; on average over the bounce and the orbit 3e-3 reads best
+    accuracy = {(1e-3, "bounce"): 1.0, (1e-3, "orbit"): 0.25, (3e-3, "bounce"): 0.75, (3e-3, "orbit"): 0.75,
+                (1e-2, "bounce"): 0.5, (1e-2, "orbit"): 0.5}  # fmt: skip
+    trained = []
+
+    def train_and_score(s, variant, *, motion, seed, learning_rate=None, folder=None):
+        trained.append((motion, seed, learning_rate, folder))
+        return {"variant": variant.name, "motion": motion, "seed": seed, "learning_rate": learning_rate,
+                "motion_accuracy": accuracy.get((learning_rate, motion), 0.5), "copy_score": None,
+                "prior_preservation": 0.0, "final_loss": 0.1}  # fmt: skip
+
+    monkeypatch.setattr(ablation, "_train_and_score", train_and_score)
+    variant = ablation.Variant("swept", "tuning", "swept", {"rank": 4}, learning_rates=(1e-3, 3e-3, 1e-2))
+    cells = [(motion, seed) for motion in ("bounce", "orbit", "zigzag") for seed in (0, 1)]
+    s = ablation._Settings(out=tmp_path, steps=1, prompts_per_run=1, prior_prompts=1, pipe_factory=None)
+    results = {}
+    runs = ablation._grid(s, None, 1, [variant], cells, results, tqdm(disable=True), composition=False)
+    sweep = results["lr_sweeps"]["swept"]
+    assert sweep["chosen"] == 3e-3 and sweep["cells"] == [("bounce", 0), ("orbit", 0)]
+    assert [[r["motion_accuracy"] for r in rate["runs"]] for rate in sweep["rates"]] == [[1.0, 0.25], [0.75, 0.75],
+                                                                                         [0.5, 0.5]]  # fmt: skip
+    assert len(trained) == 3 * 2 + 4  # each rate on the two sweep cells, the chosen rate on the four others
+    assert sorted(runs) == sorted(("swept", *cell) for cell in cells)
+    assert {run["learning_rate"] for run in runs.values()} == {3e-3}
+    assert tmp_path / "sweeps" / "swept" / "lr-0.003" / "orbit-s0" in {folder for *_, folder in trained}
+    table = ablation_report._sweep_lines(results["lr_sweeps"])
+    assert "accuracy (bounce s0 / orbit s0)" in table[3]
+    assert table[5:] == ["| swept | 0.001 | 100 / 25 | 62.5 | 0.0 |  |",
+                         "| swept | 0.003 | 75 / 75 | 75.0 | 0.0 | yes |",
+                         "| swept | 0.01 | 50 / 50 | 50.0 | 0.0 |  |"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
