@@ -1,6 +1,6 @@
 """The paper's ablation on the tiny world (`motion_adapter.toyworld.ablation.run_ablation`): runs.json, table.md,
-plot.png in --out. The full grid took 2 h 18 min 28 s on 2 CPU cores, made from nothing at commit bb1cb7e
-(docs/ablation.md); --quick 3 min 56 s at commit d92ba6f.
+plot.png in --out. The full grid took 2 h 18 min 28 s on 2 CPU cores, made from nothing at commit bb1cb7e, and its
+sweeps read two motions since d26aecc, about 6 minutes more (docs/ablation.md); --quick 3 min 56 s at commit d92ba6f.
 
     python benchmarks/ablation.py [--quick] [--out DIR] [--base PIPELINE_DIR] [--variants default motion ...]
 """
