@@ -55,7 +55,7 @@ from ..files import atomic_write_bytes, temporary_sibling
 from ..format import read_info
 from ..pipeline import fuse_motion_adapters, load_motion_adapter, set_motion_adapters, unfuse_motion_adapters
 from ..targets import resolve_targets
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, rate_for_rank
 from ..training.data import read_metadata
 from ..training.loop import subject_preset, train_motion, train_subject
 from ..video import save_grid
@@ -98,10 +98,10 @@ def lora_rates(rank: int) -> tuple[float, ...]:
     """A LoRA's swept rates: a factor of 3 apart around the recipe's rate times the root of its rank over this one.
 
     A LoRA's best rate falls with its rank, about as rsLoRA has it: rates suited to rank 16 and 64 read 82 and 85%
-    where the recipe's rate around rank 8 read 77 and 56% (docs/ablation.md, "LoRA against full tuning").
+    where the recipe's 3e-3 read 77 and 56% (docs/ablation.md, "LoRA against full tuning").
     """
     recipe = train_config()
-    centre = recipe.lr * math.sqrt(recipe.rank / rank)
+    centre = rate_for_rank(recipe.lr, recipe.rank, rank)
     return tuple(float(f"{centre * factor:.2g}") for factor in (1 / 3, 1, 3))
 
 

@@ -369,6 +369,8 @@ def test_config_checks_and_toml(tmp_path):
     assert TrainConfig(lr_schedule="cosine").resume_key()["max_train_steps"] == 400
     assert TrainConfig(timestep_alpha=0.3).resume_key() != TrainConfig().resume_key()
     assert TrainConfig().lr == 1e-4 and TrainConfig(tuning="full").lr == 5e-6
+    assert TrainConfig(rank=64).lr == pytest.approx(5e-5) and TrainConfig(rank=4).lr == pytest.approx(2e-4)
+    assert TrainConfig(rank=64, tuning="full").lr == 5e-6 and TrainConfig(rank=64, learning_rate=1e-3).lr == 1e-3
     (tmp_path / "cfg.toml").write_text('[train]\nrank = 8\ntimestep_sampling = "cubic"\n')
     config = TrainConfig.from_toml(tmp_path / "cfg.toml", max_train_steps=9)
     assert (config.rank, config.timestep_sampling, config.max_train_steps) == (8, "cubic", 9)
@@ -397,8 +399,9 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     assert marks == ["process-0-of-2.json", "process-1-of-2.json"]
     first, second = (json.loads((tmp_path / name).read_text()) for name in marks)
     assert first["checksum"] == pytest.approx(second["checksum"], abs=1e-6)  # the two processes stayed in step
-    # warm-up over 2 steps, then cosine over the other 2, one schedule step per optimizer step in each process
-    assert first["rates"] == second["rates"] == pytest.approx([0.5e-4, 1e-4, 1e-4, 0.5e-4])
+    # warm-up over 2 steps, then cosine over the other 2, one schedule step per optimizer step in each process (rank 4's
+    # default rate: 2e-4)
+    assert first["rates"] == second["rates"] == pytest.approx([1e-4, 2e-4, 2e-4, 1e-4])
     assert ma.inspect(tmp_path / "out").training["steps"] == 4
     testing.tiny_pipeline().load_motion_adapter(tmp_path / "out")
 
