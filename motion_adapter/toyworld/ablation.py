@@ -79,7 +79,7 @@ FULL_RATES = (1e-4, 3e-4, 1e-3)  # a full delta moves every weight: smaller step
 DEFAULT_EXAMPLES = 6  # the demo's: three appearances, two clips each
 SAMPLES_PER_PROMPT = 2  # each new-appearance prompt is generated with this many seeds
 # DDIM steps of every scored clip, half the demo's 20: the base reads its own motions alike at 8 to 20 steps, and
-# adapters score the same within a clip's noise (docs/ablation.md, "Scoring steps"); sampling is
+# adapters score the same within a clip's noise (docs/ablation-history.md, "Scoring steps"); sampling is
 # a quarter of a run's cost at 20.
 SCORING_STEPS = 10
 SUBJECT_TOKEN = "sks"
@@ -98,7 +98,7 @@ def lora_rates(rank: int) -> tuple[float, ...]:
     """A LoRA's swept rates: a factor of 3 apart around the recipe's rate times the root of its rank over this one.
 
     A LoRA's best rate falls with its rank, about as rsLoRA has it: rates suited to rank 16 and 64 read 82 and 85%
-    where the recipe's 3e-3 read 77 and 56% (docs/ablation.md, "LoRA against full tuning").
+    where the recipe's 3e-3 read 77 and 56% (docs/ablation.md, Reading, LoRA; docs/ablation-history.md).
     """
     recipe = train_config()
     centre = rate_for_rank(recipe.lr, recipe.rank, rank)
@@ -379,7 +379,7 @@ def _sweep_cells(cells: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """Where the learning rates are swept: the first cell, and the first of another motion where there is one.
 
     One cell chose badly: the bounce is learned at rates where the other motions are not, and one clip more or less
-    on it turned the choice (docs/ablation.md, "LoRA against full tuning").
+    on it turned the choice (docs/ablation.md, "How the sweep came to read two motions").
     """
     other = [cell for cell in cells if cell[0] != cells[0][0]]
     return cells[:1] + other[:1]

@@ -36,7 +36,7 @@ def rate_for_rank(rate: float, rank_of_rate: int, rank: int) -> float:
 
     A LoRA's good rate falls with its rank about as rsLoRA's analysis has it (at alpha = rank): on the tiny world,
     3e-3 times the root of 8 / rank brought ranks 8, 16 and 64 to the full delta's accuracy, where 3e-3 for all had
-    rank 64 at 56% (docs/ablation.md, "LoRA against full tuning").
+    rank 64 at 56% (docs/ablation.md, Reading, LoRA; docs/ablation-history.md).
     """
     return rate * math.sqrt(rank_of_rate / rank)
 
