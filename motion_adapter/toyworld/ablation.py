@@ -59,7 +59,7 @@ from ..training.config import TrainConfig, rate_for_rank
 from ..training.data import read_metadata
 from ..training.loop import subject_preset, train_motion, train_subject
 from ..video import save_grid
-from .ablation_report import format_table, plot, spread, summarize
+from .ablation_report import format_table, plot, spread, summarize, sweep_means
 from .demo import (
     EXAMPLE_APPEARANCES,
     GUIDANCE,
@@ -228,8 +228,8 @@ def run_ablation(
     }  # fmt: skip
     unique = list({v.name: v for v in grid}.values())
     cells = [(motion, seed) for motion in motions for seed in seeds]
-    swept = len(_sweep_cells(cells))
-    total = len(seeds) + sum(len(cells) + max(len(v.learning_rates) - 1, 0) * swept for v in unique)
+    sweep_runs = len(_sweep_cells(cells))  # a sweep's runs at each rate; those at the chosen rate are grid runs too
+    total = len(seeds) + sum(len(cells) + max(len(v.learning_rates) - 1, 0) * sweep_runs for v in unique)
     progress = tqdm(total=total + (len(seeds) if composition else 0), desc="ablation runs", unit="run")
     with _pool(workers, s.out / "logs") as pool:
         jobs = [(_FIRST, partial(_base_prior, s, seed), partial(_keep, s.base_prior, seed)) for seed in seeds]
@@ -320,7 +320,7 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
 
     Returns {(variant, motion, seed): run}.
     """
-    runs, swept, composed = {}, {}, {}
+    runs, swept, sweeps, composed = {}, {}, {}, {}
     first_motion = cells[0][0]  # the composition studies this motion
     sweep_cells = _sweep_cells(cells)
 
@@ -340,7 +340,8 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
         if len(swept[v.name]) < len(v.learning_rates) * len(sweep_cells):
             return []
         swept[v.name].sort(key=lambda r: (v.learning_rates.index(r["learning_rate"]), sweep_cells.index(_cell(r))))
-        rate = _choose_rate(swept[v.name], v.learning_rates)
+        sweeps[v.name] = _sweep_record(swept[v.name], v.learning_rates)
+        rate = sweeps[v.name]["chosen"]
         chosen = [job for r in swept[v.name] if r["learning_rate"] == rate for job in ran(r)]  # this variant's runs
         rest = [(_TRAINING, train(v, *cell, rate), ran) for cell in cells if cell not in sweep_cells]
         return chosen + rest
@@ -353,8 +354,7 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
     jobs += [(_TRAINING, train(v, motion, seed), ran)
              for v in variants if not v.learning_rates and not v.compressed_of for motion, seed in cells]  # fmt: skip
     _run_jobs(pool, workers, jobs, progress)
-    results["lr_sweeps"] = {v.name: _sweep_record(swept[v.name], v.learning_rates)
-                            for v in variants if v.learning_rates}  # fmt: skip
+    results["lr_sweeps"] = {v.name: sweeps[v.name] for v in variants if v.learning_rates}
     if composition:
         per_seed = [composed[seed] for motion, seed in cells if motion == first_motion]
         results["composition"] = _composition_summary(first_motion, per_seed)
@@ -385,24 +385,21 @@ def _sweep_cells(cells: list[tuple[str, int]]) -> list[tuple[str, int]]:
     return cells[:1] + other[:1]
 
 
-def _choose_rate(runs: list[dict], rates: Sequence[float]) -> float:
-    """The rate whose runs (one per sweep cell) read most accurately on average; ties go to the lower mean copy
-    score, then to the earlier rate."""
-
-    def mean(rate: float, key: str) -> float:
-        return float(np.mean([r[key] or 0.0 for r in runs if r["learning_rate"] == rate]))
-
-    return max(rates, key=lambda rate: (mean(rate, "motion_accuracy"), -mean(rate, "copy_score")))
-
-
 def _sweep_record(runs: list[dict], rates: Sequence[float]) -> dict:
-    """A sweep as runs.json keeps it: its cells, each rate's runs (in the order of its cells) and the chosen rate."""
+    """A sweep as runs.json keeps it: its cells, each rate's runs (in the order of its cells), and the chosen rate:
+    the one whose runs read most accurately on average; ties go to the lower mean copy score, then to the earlier rate.
+    """
     keys = ("motion_accuracy", "copy_score", "prior_preservation", "final_loss")
-    return {
-        "cells": list(dict.fromkeys(_cell(r) for r in runs)), "chosen": _choose_rate(runs, rates),
-        "rates": [{"learning_rate": rate, "runs": [{"motion": r["motion"], "seed": r["seed"], **{k: r[k] for k in keys}}
-                                                   for r in runs if r["learning_rate"] == rate]} for rate in rates],
-    }  # fmt: skip
+    entries = [{"learning_rate": rate, "runs": [{"motion": r["motion"], "seed": r["seed"], **{k: r[k] for k in keys}}
+                                                for r in runs if r["learning_rate"] == rate]}
+               for rate in rates]  # fmt: skip
+
+    def score(entry: dict) -> tuple[float, float]:
+        mean = sweep_means(entry["runs"])
+        return mean["motion_accuracy"], -mean["copy_score"]
+
+    chosen = max(entries, key=score)["learning_rate"]  # max keeps the first of equals: the earlier rate
+    return {"cells": list(dict.fromkeys(_cell(r) for r in runs)), "chosen": chosen, "rates": entries}
 
 
 def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:

@@ -47,6 +47,11 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
+def sweep_means(runs: list[dict]) -> dict[str, float]:
+    """Mean motion accuracy and copy score of one swept rate's runs (a copy score of None counts as 0)."""
+    return {key: float(np.mean([r[key] or 0.0 for r in runs])) for key in ("motion_accuracy", "copy_score")}
+
+
 def _accuracy_by_shape(runs: list[dict]) -> dict[str, float]:
     """Motion accuracy over every clip of the runs, by the shape its prompt asks for: where a motion is lost."""
     hits: dict[str, list[bool]] = {}
@@ -148,7 +153,7 @@ def _sweep_lines(sweeps: dict) -> list[str]:
     for name, sweep in sweeps.items():
         for rate in sweep["rates"]:
             by_cell = " / ".join(f"{100 * r['motion_accuracy']:.0f}" for r in rate["runs"])
-            mean = {key: np.mean([r[key] or 0.0 for r in rate["runs"]]) for key in ("motion_accuracy", "copy_score")}
+            mean = sweep_means(rate["runs"])
             chosen = "yes" if rate["learning_rate"] == sweep["chosen"] else ""
             lines.append(f"| {name} | {rate['learning_rate']:g} | {by_cell} | {_percent(mean['motion_accuracy'])} | "
                          f"{_percent(mean['copy_score'])} | {chosen} |")  # fmt: skip
