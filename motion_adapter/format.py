@@ -14,6 +14,7 @@ import os
 import re
 import statistics
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from .constants import (
     STORAGE_DTYPES,
     WEIGHTS_NAME,
 )
-from .errors import AdapterFormatError
+from .errors import AdapterFormatError, AdapterNotFoundError
 from .files import atomic_write_bytes, temporary_sibling
 
 
@@ -126,9 +127,12 @@ def write_adapter(
     *,
     embeddings: dict[str, torch.Tensor] | None = None,
     dtype: str | torch.dtype = "float16",
-    card: str | None = None,
+    card: Callable[[AdapterInfo], str] | None = None,
 ) -> Path:
-    """Write an adapter as a folder, or as one file when `path` ends in `.safetensors`. Returns the path."""
+    """Write an adapter as a folder, or as one file when `path` ends in `.safetensors`. Returns the path.
+
+    `card` makes a folder's model card from the header as written (its parameter count and learned tokens filled in).
+    """
     path = Path(path)
     dtype = storage_dtype(dtype)
     embeddings = embeddings or {}
@@ -149,7 +153,7 @@ def write_adapter(
         return path
     path.mkdir(parents=True, exist_ok=True)
     if card is not None:
-        write_card(path / CARD_NAME, card)
+        write_card(path / CARD_NAME, card(info))
     if embeddings:
         atomic_save_tensors(embeddings, path / EMBEDDINGS_NAME, {"format": "pt"})
     elif (path / EMBEDDINGS_NAME).exists():
@@ -210,7 +214,7 @@ def adapter_files(path: str | os.PathLike) -> tuple[Path, Path | None]:
             )
         return path, None
     if not path.is_dir():
-        raise FileNotFoundError(f"no adapter at {path}")
+        raise AdapterNotFoundError(f"no adapter at {path}: the path does not exist; give an adapter folder or file")
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         candidates = [p for p in path.iterdir() if p.suffix == ".safetensors" and p.name != EMBEDDINGS_NAME]

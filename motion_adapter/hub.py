@@ -71,6 +71,13 @@ def resolve_source(
     return Path(folder)
 
 
+def inspect(
+    source: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> AdapterInfo:
+    """The header of an adapter folder, a `.safetensors` file or a Hub repo id (fetched as `resolve_source` does)."""
+    return read_info(resolve_source(source, revision=revision, cache_dir=cache_dir))
+
+
 def push_to_hub(
     folder,
     repo_id: str,
@@ -106,7 +113,7 @@ def push_to_hub(
         if readme.is_file() and CARD_MARKER not in readme.read_text(encoding="utf-8", errors="replace"):
             shutil.copyfile(readme, staging / CARD_NAME)
         else:
-            card = model_card(info, repo_id=repo_id, sample=samples[0].name if samples else None)
+            card = model_card(info, source=repo_id, sample=samples[0].name if samples else None)
             (staging / CARD_NAME).write_text(card, encoding="utf-8")
         return api.upload_folder(
             repo_id=repo_id,
@@ -118,19 +125,17 @@ def push_to_hub(
         )
 
 
-def model_card(info: AdapterInfo, *, repo_id: str | None = None, sample: str | None = None) -> str:
+def model_card(info: AdapterInfo, *, source: str, sample: str | None = None) -> str:
     """A Hub model card that only displays what the adapter's header holds.
 
-    `repo_id` goes into the usage snippet (a local placeholder otherwise); `sample` is the file name of an
-    animation inside the adapter folder.
+    `source` is where the usage snippet loads the adapter from (its Hub repo id, or its folder); `sample` is the
+    file name of an animation inside the adapter folder.
     """
     data = ModelCardData(
         base_model=info.base_model if _is_hub_id(info.base_model) and info.base_model != TOYWORLD_BASE_ID else None,
         library_name=LIBRARY_NAME,
         tags=CARD_TAGS + [info.kind],
-        license="apache-2.0",
     )
-    source = repo_id or "path/to/this/adapter"
     token = info.tokens[0] if info.tokens else None
     prompt = info.prompt_template or (f"a bear doing the {token}" if token else "a bear dancing")
     lines = [

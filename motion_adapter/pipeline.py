@@ -14,6 +14,7 @@ import re
 import shutil
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,7 +54,7 @@ class _MotionState:
     """What a pipeline needs to know to compose and to undo: adapters in load order, and the base's own state."""
 
     adapters: dict[str, _Entry] = field(default_factory=dict)
-    fused_layers: dict = field(default_factory=dict)  # the LoRA layers taken out of a fused model
+    fused_layers: dict = field(default_factory=dict)  # the LoRA layers taken out of a fused model, and base copies
     base_requires_grad: dict[str, bool] = field(default_factory=dict)
     base_tokenizer: object = None  # a copy taken before the first learned token was added
     base_vocab_size: int = 0
@@ -96,7 +97,7 @@ def add_motion_adapter(
     denoiser = denoiser_of(pipe)
     spec = resolve_targets(denoiser, preset)
     tokens = [token] if isinstance(token, str) else list(token or [])
-    _check_token_clash(state, adapter_name, tokens)
+    _check_token_clash(state, adapter_name, tokens, "give this one another token")
     arch = architecture_of(denoiser)
     info = AdapterInfo(
         kind=kind,
@@ -155,7 +156,7 @@ def save_motion_adapter(
         for stale in output_dir.glob("sample.*"):  # an earlier save's, in another format: the card shows this one
             if stale.name != sample_name:
                 stale.unlink()
-    card = hub.model_card(info, sample=sample_name)
+    card = partial(hub.model_card, source=str(output_dir), sample=sample_name)
     return write_adapter(output_dir, info, modules, embeddings=embeddings, dtype=dtype, card=card)
 
 
@@ -166,7 +167,7 @@ def learn_token(pipe, adapter_name: str, token: str, *, init_from: str) -> torch
     """
     state = _state(pipe)
     entry = _entry(state, adapter_name)
-    _check_token_clash(state, adapter_name, [token])
+    _check_token_clash(state, adapter_name, [token], "learn another token")
     _check_new_token(pipe, token)
     ids = pipe.tokenizer(init_from, add_special_tokens=False).input_ids
     if not ids:
@@ -224,7 +225,12 @@ def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weig
     _check_new_name(state, adapter_name)
     denoiser = denoiser_of(pipe)
     _check_fits(denoiser, loaded, base_model_id(pipe), strict=strict)
-    _check_token_clash(state, adapter_name, loaded.info.tokens)
+    rename = (
+        "load this one with token='<another word>'"
+        if len(loaded.embeddings) == 1
+        else "its tokens are words it was trained on, which only training with another token changes"
+    )
+    _check_token_clash(state, adapter_name, loaded.info.tokens, rename)
     for new_token, row in loaded.embeddings.items():
         _check_new_token(pipe, new_token, row)
     arch = architecture_of(denoiser)
@@ -372,7 +378,7 @@ def fuse_motion_adapters(pipe) -> None:
 
 
 def unfuse_motion_adapters(pipe) -> None:
-    """Take the fused mix out of the base weights again (restored up to floating-point rounding)."""
+    """Take the fused mix out of the base weights again: they are restored as they were, bit for bit."""
     state = _state(pipe)
     if not state.fused_layers:
         raise AdapterStateError("the adapters are not fused")
@@ -381,10 +387,7 @@ def unfuse_motion_adapters(pipe) -> None:
 
 
 def unload_motion_adapters(pipe) -> None:
-    """Remove every adapter and learned token: back to the base model, bit for bit.
-
-    If the adapters are fused they are unfused first; the base weights are then restored up to rounding only.
-    """
+    """Remove every adapter and learned token, unfusing first if they are fused: back to the base model, bit for bit."""
     state = _state(pipe)
     denoiser = denoiser_of(pipe)
     if state.fused_layers:
@@ -475,13 +478,14 @@ def _check_weight(adapter_name: str, weight: Weight, roles=None) -> None:
             )
 
 
-def _check_token_clash(state: _MotionState, adapter_name: str, tokens) -> None:
+def _check_token_clash(state: _MotionState, adapter_name: str, tokens, fix: str) -> None:
+    """Refuse a token another loaded adapter owns; `fix` says how this adapter can take another."""
     for other_name, other in state.adapters.items():
         shared = set(tokens) & set(other.info.tokens)
         if shared and other_name != adapter_name:
             raise AdapterStateError(
                 f"token {sorted(shared)[0]!r} of adapter {adapter_name!r} is already claimed by adapter "
-                f"{other_name!r}; load one of them with token='<another word>' or delete the other first"
+                f"{other_name!r}; {fix}, or pipe.delete_motion_adapter({other_name!r}) first"
             )
 
 

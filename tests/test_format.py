@@ -64,11 +64,14 @@ def test_inspect_reads_header_without_tensors(tmp_path):
 
 
 def test_model_card_shows_the_header(tmp_path):
-    card = (make_adapter(tmp_path / "pll") / "README.md").read_text()
-    assert card.startswith("---\n") and "library_name: motion-adapter" in card
+    folder = make_adapter(tmp_path / "pll")
+    card, info = (folder / "README.md").read_text(), ma.inspect(folder)
+    assert card.startswith("---\n") and "library_name: motion-adapter" in card and "license" not in card
     for tag in ("text-to-video", "lora", "motion-customization"):
         assert f"- {tag}" in card
-    assert "`pll`" in card and "load_motion_adapter" in card and CARD_MARKER in card
+    assert "`pll`" in card and CARD_MARKER in card
+    assert info.num_params > 0 and f"rank 4, alpha 4, {info.num_params:,} parameters" in card
+    assert f'pipe.load_motion_adapter("{folder}")' in card
 
 
 def test_a_users_readme_is_never_overwritten(tmp_path):

@@ -17,6 +17,7 @@ import time
 import warnings
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -657,4 +658,4 @@ def _finish_full(pipe, config, output_dir, originals, adapter_name, kind, tokens
             training={**summary, "compressed_from": "full", "energy_kept": round(energy, 4)},
         )  # fmt: skip
         write_adapter(result.compressed_dir, compressed_info, compressed, embeddings=learned, dtype=config.dtype,
-                      card=model_card(compressed_info))
+                      card=partial(model_card, source=str(result.compressed_dir)))
