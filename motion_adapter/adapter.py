@@ -11,6 +11,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import replace
 
+import torch
 from accelerate import init_empty_weights
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
@@ -128,27 +129,34 @@ def set_trainable(denoiser: nn.Module, adapter_name: str | None) -> list[nn.Para
     return trainable
 
 
-def fuse(denoiser: nn.Module) -> dict[str, LoraLayer]:
+def fuse(denoiser: nn.Module) -> dict[str, tuple[LoraLayer, dict[str, torch.Tensor]]]:
     """Fold each layer's active adapters, at their current scales, into its base weight.
 
     The LoRA layers are then taken out of the model, so a fused model runs exactly the base model's code; they
-    are returned, to be put back by `unfuse`.
+    are returned with a copy, in CPU memory, of each base parameter the folding changed, for `unfuse` to put back.
     """
-    layers = lora_layers(denoiser)
-    for name, layer in layers.items():
+    fused = {}
+    for name, layer in lora_layers(denoiser).items():
         active = [adapter for adapter in layer.active_adapters if adapter in layer.lora_A]
+        base = layer.get_base_layer()
+        originals = {key: p.detach().to("cpu", copy=True) for key, p in base.named_parameters()} if active else {}
         if active:
             layer.merge(adapter_names=active)
-        _replace(denoiser, name, layer.get_base_layer())
-    return layers
+        _replace(denoiser, name, base)
+        fused[name] = (layer, originals)
+    return fused
 
 
-def unfuse(denoiser: nn.Module, layers: dict[str, LoraLayer]) -> None:
-    """Put the LoRA layers back and subtract what `fuse` added (the base weights up to floating-point rounding)."""
-    for name, layer in layers.items():
-        _replace(denoiser, name, layer)
-        while layer.merged:
-            layer.unmerge()
+def unfuse(denoiser: nn.Module, fused: dict[str, tuple[LoraLayer, dict[str, torch.Tensor]]]) -> None:
+    """Put the LoRA layers back, their base weights as they were before `fuse`, bit for bit."""
+    with torch.no_grad():
+        for name, (layer, originals) in fused.items():
+            base = layer.get_base_layer()
+            for key, p in base.named_parameters():
+                if key in originals:
+                    p.copy_(originals[key])
+            layer.merged_adapters.clear()  # peft's record of what it merged: nothing now
+            _replace(denoiser, name, layer)
 
 
 def delete(denoiser: nn.Module, adapter_name: str) -> None:
