@@ -13,8 +13,7 @@ from .errors import (
     TargetError,
 )
 from .format import AdapterInfo
-from .format import read_info as inspect
-from .hub import push_to_hub, resolve_source
+from .hub import inspect, push_to_hub, resolve_source
 from .pipeline import (
     add_motion_adapter,
     check_prompt,

@@ -22,10 +22,9 @@ DEFAULT_BASE = "cerspense/zeroscope_v2_576w"
 
 
 def _inspect(args) -> int:
-    from .format import read_info
-    from .hub import resolve_source
+    from .hub import inspect
 
-    info = read_info(resolve_source(args.source, revision=args.revision))
+    info = inspect(args.source, revision=args.revision)
     print(
         json.dumps({**info.header(), "file_bytes": info.file_bytes, "path": info.path}, indent=2) if args.json else info
     )

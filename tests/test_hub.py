@@ -38,7 +38,7 @@ def test_repo_id_loads_from_the_cache_like_a_folder(tmp_path, adapter_dir, offli
     from_hub = testing.tiny_pipeline()
     assert from_hub.load_motion_adapter("user/pll", cache_dir=cache) == "pll"
     np.testing.assert_array_equal(testing.generate(from_hub), testing.generate(from_folder))
-    assert ma.inspect(ma.resolve_source("user/pll", cache_dir=cache)).tokens == ["pll"]
+    assert ma.inspect("user/pll", cache_dir=cache).tokens == ["pll"]
 
 
 def test_revision_selects_a_snapshot(tmp_path, adapter_dir, offline):
@@ -54,6 +54,8 @@ def test_missing_repo_offline_is_a_clear_error_and_changes_nothing(tmp_path, pip
     with pytest.raises(ma.AdapterNotFoundError, match="user/nothing is neither a local path nor a Hub repo"):
         pipe.load_motion_adapter("user/nothing", cache_dir=tmp_path / "hub")
     assert_same_snapshot(before, pipeline_snapshot(pipe))
+    with pytest.raises(ma.AdapterNotFoundError, match="user/nothing is neither a local path nor a Hub repo"):
+        ma.inspect("user/nothing", cache_dir=tmp_path / "hub")
 
 
 class RecordingApi:
@@ -133,3 +135,5 @@ def test_the_token_never_reaches_a_file_or_a_message(adapter_dir, monkeypatch, c
 def test_push_refuses_what_is_not_an_adapter(tmp_path):
     with pytest.raises(ma.AdapterFormatError):
         ma.push_to_hub(tmp_path, "user/nothing", api=RecordingApi())
+    with pytest.raises(ma.AdapterNotFoundError, match=f"no adapter at {tmp_path / 'gone'}: the path does not exist"):
+        ma.push_to_hub(tmp_path / "gone", "user/nothing", api=RecordingApi())
