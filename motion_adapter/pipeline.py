@@ -168,7 +168,7 @@ def learn_token(pipe, adapter_name: str, token: str, *, init_from: str) -> torch
     state = _state(pipe)
     entry = _entry(state, adapter_name)
     _check_token_clash(state, adapter_name, [token], "learn another token")
-    _check_new_token(pipe, token)
+    _check_new_token(pipe, token, fix=f"learn a word the tokenizer lacks, such as '<{token}>'")
     ids = pipe.tokenizer(init_from, add_special_tokens=False).input_ids
     if not ids:
         raise ValueError(f"init_from={init_from!r} encodes to no token; give a word such as 'dog'")
@@ -232,7 +232,7 @@ def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weig
     )
     _check_token_clash(state, adapter_name, loaded.info.tokens, rename)
     for new_token, row in loaded.embeddings.items():
-        _check_new_token(pipe, new_token, row)
+        _check_new_token(pipe, new_token, row, fix=f"load the adapter with token='<{new_token}>' (or another new word)")
     arch = architecture_of(denoiser)
     roles = {name: role_of(arch, name) for name in loaded.modules}
     _check_weight(adapter_name, weight, roles.values())
@@ -489,14 +489,11 @@ def _check_token_clash(state: _MotionState, adapter_name: str, tokens, fix: str)
             )
 
 
-def _check_new_token(pipe, token: str, row: torch.Tensor | None = None) -> None:
+def _check_new_token(pipe, token: str, row: torch.Tensor | None = None, *, fix: str) -> None:
     if getattr(pipe, "tokenizer", None) is None or getattr(pipe, "text_encoder", None) is None:
         raise IncompatibleAdapterError(f"the adapter learns token {token!r}, but this pipeline has no text encoder")
     if token in pipe.tokenizer.get_vocab():
-        raise AdapterStateError(
-            f"token {token!r} is already a word of this tokenizer; load the adapter with token='<{token}>' "
-            "(or another unused word)"
-        )
+        raise AdapterStateError(f"token {token!r} is already a word of this tokenizer; {fix}")
     dim = pipe.text_encoder.get_input_embeddings().embedding_dim
     if row is not None and row.shape[-1] != dim:
         raise IncompatibleAdapterError(

@@ -171,6 +171,19 @@ def test_a_learned_token_can_be_loaded_under_another_name(tmp_path, pipe):
     assert {"<sks>", "<v2>"} <= set(pipe.tokenizer.get_vocab())
 
 
+def test_a_word_the_tokenizer_has_is_refused_with_the_fix_for_learning_or_loading(tmp_path, pipe):
+    source = testing.tiny_pipeline()
+    ma.add_motion_adapter(source, "dog", preset="appearance", rank=4, kind="subject")
+    source.tokenizer.add_tokens(["<v>"])
+    with pytest.raises(ma.AdapterStateError, match="'<v>' is already a word .* learn a word the tokenizer lacks"):
+        ma.learn_token(source, "dog", "<v>", init_from="dog")
+    ma.learn_token(source, "dog", "<sks>", init_from="dog")
+    path = ma.save_motion_adapter(source, "dog", tmp_path / "dog")
+    pipe.tokenizer.add_tokens(["<sks>"])
+    with pytest.raises(ma.AdapterStateError, match="'<sks>' is already a word .* with token='<<sks>>'"):
+        pipe.load_motion_adapter(path)
+
+
 # ---------------------------------------------------------------- bad input leaves the pipeline as it was
 
 

@@ -86,6 +86,7 @@ def train_motion(
     The trained adapter stays loaded in `pipe` under the name `token`.
     """
     config = config or TrainConfig()
+    _check_before_work(output_dir, token=token)
     _check_precision(pipe, config)
     accelerator = _accelerator(config, output_dir, images=False)
     clips = _load_clips(pipe, data, config, Path(output_dir) / "latent_cache" / "clips", token=token)
@@ -124,6 +125,7 @@ def train_subject(
     joint = motion_data is not None
     if joint != (motion_token is not None):
         raise ValueError("joint training needs both motion_data and motion_token")
+    _check_before_work(output_dir, token=token, class_word=class_word, motion_token=motion_token)
     preset = preset or ("motion+appearance" if joint else subject_preset(config))
     _check_precision(pipe, config)
     accelerator = _accelerator(config, output_dir, images=True)
@@ -354,6 +356,15 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
 
 
 # ---------------------------------------------------------------- pieces
+
+
+def _check_before_work(output_dir, **words: str | None) -> None:
+    """Refuse at once what would otherwise fail only after training: an empty word, an output_dir that is a file."""
+    for name, word in words.items():
+        if word is not None and not word.strip():
+            raise ValueError(f"{name}={word!r} is empty; give the word that prompts will use, such as 'pll'")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise FileExistsError(f"output_dir {output_dir} is a file; give a folder for the adapter (it is created)")
 
 
 def _check_precision(pipe, config: TrainConfig) -> None:

@@ -334,6 +334,18 @@ def test_captions_without_the_token(pipe, tmp_path):
         ma.train_motion(pipe, data=folder, token="pll", output_dir=tmp_path / "o", config=tiny_config())
 
 
+def test_an_empty_word_or_a_file_for_output_dir_is_refused_before_any_work(pipe, clips, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "_load_clips", lambda *a, **k: pytest.fail("the data was read before the check"))
+    monkeypatch.setattr(loop, "_load_images", lambda *a, **k: pytest.fail("the data was read before the check"))
+    with pytest.raises(ValueError, match="token='' is empty"):
+        ma.train_motion(pipe, data=clips, token="", output_dir=tmp_path / "o", config=tiny_config())
+    with pytest.raises(ValueError, match="class_word=' ' is empty"):
+        ma.train_subject(pipe, data=clips, token="<sks>", class_word=" ", output_dir=tmp_path / "o")
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(FileExistsError, match="taken is a file; give a folder"):
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "taken", config=tiny_config())
+
+
 def test_size_the_vae_cannot_divide(pipe, clips, tmp_path):
     with pytest.raises(ValueError, match="18"):
         ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "o",
