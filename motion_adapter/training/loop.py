@@ -179,6 +179,9 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
            targets, reg, schedule, undo: ExitStack) -> TrainResult:  # fmt: skip
     started = time.perf_counter()
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
+    # what a checkpoint must agree on to be resumed: the settings, the tokens and the base model
+    resume_key = {**config.resume_key(), "tokens": tokens, "base_model": base_model_id(pipe),
+                  "fingerprint": architecture_fingerprint(unet)}  # fmt: skip
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -272,7 +275,12 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
     resume = _resume_folder(config, output_dir)
     all_params = params + ([embedding] if embedding is not None else [])
     if resume is not None:
-        start_step = load_checkpoint(resume, all_params, optimizer, lr_scheduler, config.resume_key())
+        start_step = load_checkpoint(resume, all_params, optimizer, lr_scheduler, resume_key)
+        if start_step > config.max_train_steps:
+            raise ValueError(
+                f"{resume} is at step {start_step}, past max_train_steps={config.max_train_steps}; resume from an "
+                "earlier checkpoint or raise max_train_steps"
+            )
 
     # 5. the loop
     unet.train()
@@ -318,7 +326,7 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
             accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_train_steps:
             if accelerator.is_main_process:
-                save_checkpoint(output_dir, step, all_params, optimizer, lr_scheduler, config.resume_key())
+                save_checkpoint(output_dir, step, all_params, optimizer, lr_scheduler, resume_key)
             accelerator.wait_for_everyone()
         if config.validation_every and config.validation_prompts and step % config.validation_every == 0:
             if accelerator.is_main_process and step < config.max_train_steps:

@@ -193,6 +193,23 @@ def test_resume_with_another_config_is_refused(clips, tmp_path):
                         config=config.replace(rank=8, resume="latest"))
 
 
+def test_resume_with_another_token_or_architecture_or_past_the_end_is_refused(clips, tmp_path):
+    config = tiny_config(max_train_steps=4, checkpoint_every=2)
+    ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    both = write_clips(tmp_path / "both", 2, caption="a square doing the pll zz")
+    with pytest.raises(ValueError, match=r"tokens: checkpoint \['pll'\], now \['zz'\]"):
+        ma.train_motion(testing.tiny_pipeline(), data=both, token="zz", output_dir=tmp_path / "out",
+                        config=config.replace(resume="latest"))
+    wider = testing.tiny_pipeline()
+    wider.unet = testing.tiny_unet3d(block_out_channels=(32, 96))
+    with pytest.raises(ValueError, match="fingerprint: checkpoint"):
+        ma.train_motion(wider, data=clips, token="pll", output_dir=tmp_path / "out",
+                        config=config.replace(resume="latest"))
+    with pytest.raises(ValueError, match="step-000002 is at step 2, past max_train_steps=1"):
+        ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out",
+                        config=config.replace(max_train_steps=1, resume="latest"))
+
+
 def test_validation_samples_and_card(pipe, clips, tmp_path):
     config = tiny_config(max_train_steps=4, validation_every=2, validation_prompts=["a dog doing the pll"])
     result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
