@@ -7,11 +7,13 @@ returns a local path either way, so everything after it is one code path.
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
@@ -21,7 +23,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from .constants import CARD_MARKER, CARD_NAME, PICKLE_SUFFIXES, TOYWORLD_BASE_ID
-from .errors import AdapterNotFoundError
+from .errors import AdapterNotFoundError, MotionAdapterError
 from .format import AdapterInfo, adapter_files, read_info
 
 CARD_TAGS = ["text-to-video", "lora", "motion-customization", "motion-adapter"]
@@ -99,30 +101,43 @@ def push_to_hub(
     folder = Path(folder)
     info = read_info(folder)  # refuses anything that is not a readable adapter, before any upload
     weights, embeddings = adapter_files(folder)
-    api = api or HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None and not create_pr:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    samples = sorted(p for p in folder.glob("sample.*") if p.is_file())
-    with tempfile.TemporaryDirectory() as staging:
-        staging = Path(staging)
-        for file in [weights, embeddings, *samples]:
-            if file is not None:
-                shutil.copyfile(file, staging / file.name)
-        readme = folder / CARD_NAME
-        if readme.is_file() and CARD_MARKER not in readme.read_text(encoding="utf-8", errors="replace"):
-            shutil.copyfile(readme, staging / CARD_NAME)
-        else:
-            card = model_card(info, source=repo_id, sample=samples[0].name if samples else None)
-            (staging / CARD_NAME).write_text(card, encoding="utf-8")
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=staging,
-            commit_message=commit_message or f"Upload {info.kind} adapter {', '.join(info.tokens)}".strip(),
-            revision=revision,
-            create_pr=create_pr,
-            repo_type="model",
-        )
+    with _reaching_the_hub(f"push {folder} to {repo_id}"):
+        api = api or HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+        samples = sorted(p for p in folder.glob("sample.*") if p.is_file())
+        with tempfile.TemporaryDirectory() as staging:
+            staging = Path(staging)
+            for file in [weights, embeddings, *samples]:
+                if file is not None:
+                    shutil.copyfile(file, staging / file.name)
+            readme = folder / CARD_NAME
+            if readme.is_file() and CARD_MARKER not in readme.read_text(encoding="utf-8", errors="replace"):
+                shutil.copyfile(readme, staging / CARD_NAME)
+            else:
+                card = model_card(info, source=repo_id, sample=samples[0].name if samples else None)
+                (staging / CARD_NAME).write_text(card, encoding="utf-8")
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=staging,
+                commit_message=commit_message or f"Upload {info.kind} adapter {', '.join(info.tokens)}".strip(),
+                revision=revision,
+                create_pr=create_pr,
+                repo_type="model",
+            )
+
+
+@contextmanager
+def _reaching_the_hub(action: str):
+    """Turn huggingface_hub's offline and HTTP errors into one that says what failed and what to check."""
+    try:
+        yield
+    except (OfflineModeIsEnabled, HfHubHTTPError) as error:
+        raise MotionAdapterError(
+            f"could not {action} ({type(error).__name__}: {error}); check the connection, that you are logged in "
+            "(`hf auth login`, or token=) with write access to the repo, then try again"
+        ) from error
 
 
 def model_card(info: AdapterInfo, *, source: str, sample: str | None = None) -> str:

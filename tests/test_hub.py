@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 from huggingface_hub import constants
+from huggingface_hub.errors import OfflineModeIsEnabled
 
 import motion_adapter as ma
 from motion_adapter import testing
@@ -137,3 +138,12 @@ def test_push_refuses_what_is_not_an_adapter(tmp_path):
         ma.push_to_hub(tmp_path, "user/nothing", api=RecordingApi())
     with pytest.raises(ma.AdapterNotFoundError, match=f"no adapter at {tmp_path / 'gone'}: the path does not exist"):
         ma.push_to_hub(tmp_path / "gone", "user/nothing", api=RecordingApi())
+
+
+def test_a_push_that_cannot_reach_the_hub_says_what_to_check(adapter_dir):
+    class OfflineApi(RecordingApi):
+        def create_repo(self, repo_id, **kwargs):
+            raise OfflineModeIsEnabled("HF_HUB_OFFLINE=1")
+
+    with pytest.raises(ma.MotionAdapterError, match=f"could not push {adapter_dir} to user/pll .*logged in"):
+        ma.push_to_hub(adapter_dir, "user/pll", api=OfflineApi())
