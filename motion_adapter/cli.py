@@ -35,9 +35,10 @@ def _train(args) -> int:
     from .training.loop import train_motion
 
     _check_paths(args.data, args.reg_data)
+    config = _config(args)  # a bad setting is refused before minutes of loading the base model
     result = train_motion(
         _load_base(args.base, training=True), data=args.data, token=args.token, output_dir=args.output_dir,
-        reg_data=args.reg_data, config=_config(args),
+        reg_data=args.reg_data, config=config,
     )  # fmt: skip
     print(
         f"wrote {result.adapter_dir} ({result.steps} steps, final loss {result.final_loss:.4f}, {result.seconds:.0f} s)"
@@ -49,9 +50,10 @@ def _train_subject(args) -> int:
     from .training.loop import train_subject
 
     _check_paths(args.data, args.motion_data, args.reg_data)
+    config = _config(args)  # a bad setting is refused before minutes of loading the base model
     result = train_subject(
         _load_base(args.base, training=True), data=args.data, token=args.token, class_word=args.class_word,
-        output_dir=args.output_dir, config=_config(args), preset=args.subject_preset, motion_data=args.motion_data,
+        output_dir=args.output_dir, config=config, preset=args.subject_preset, motion_data=args.motion_data,
         motion_token=args.motion_token, reg_data=args.reg_data,
         **({"caption_template": args.image_caption_template} if args.image_caption_template else {}),
     )  # fmt: skip
@@ -96,7 +98,7 @@ def _demo(args) -> int:
 
     torch.set_num_threads(1)  # the tiny world's models gain nothing from threads, and lose much on a busy machine
 
-    config = train_config(seed=args.seed, **({"max_train_steps": args.steps} if args.steps else {}))
+    config = train_config(seed=args.seed, **({"max_train_steps": args.steps} if args.steps is not None else {}))
     metrics = run_demo(args.out, motion=args.motion, seed=args.seed, config=config)
     print(format_table(metrics))
     print(f"\nwrote {args.out}/: adapter/, samples/, comparison.png, comparison.gif, metrics.json")
@@ -141,6 +143,27 @@ def _check_paths(*paths) -> None:
             raise FileNotFoundError(f"{path} does not exist: check the path to the training data")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count (steps, frames, pixels, fps): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _video_file(text: str) -> str:
+    """argparse type of `generate --out`: a file `write_video` can write, checked before anything is generated."""
+    from .video import WRITE_SUFFIXES
+
+    if Path(text).suffix.lower() not in WRITE_SUFFIXES:
+        suffixes = " or ".join(WRITE_SUFFIXES)
+        raise argparse.ArgumentTypeError(f"cannot write {text}: give a {suffixes} file, such as clip.gif")
+    return text
+
+
 def split_weight(spec: str) -> tuple[str, float]:
     """'user/pll:0.8' -> ('user/pll', 0.8); without a weight, 1.0."""
     source, sep, weight = spec.rpartition(":")
@@ -152,7 +175,18 @@ def split_weight(spec: str) -> tuple[str, float]:
 
 def _load_base(name: str, *, training: bool = False):
     """The base pipeline from a Hub id or folder, on this process's GPU if there is one (under `accelerate launch`
-    each process its own): in fp16 there for generating; for training in fp32, cast as --mixed-precision asks."""
+    each process its own): in fp16 there for generating; for training in fp32, cast as --mixed-precision asks.
+    A path that holds no pipeline is refused before anything loads; a Hub id goes to diffusers as it is."""
+    path = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) or path.exists():  # a folder, not a Hub id
+        if not (path / "model_index.json").is_file():
+            problem = "is not a pipeline folder (no model_index.json)" if path.exists() else "does not exist"
+            raise FileNotFoundError(
+                f"base {name} {problem}: a base folder holds model_index.json and a subfolder per model (unet, vae, "
+                f"text_encoder, tokenizer, scheduler), as save_pretrained writes it; or a Hub id such as {DEFAULT_BASE}"
+            )
+        name = str(path)
+
     import torch
     from accelerate import PartialState
     from diffusers import DiffusionPipeline
@@ -259,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="motion-adapter-demo", help="output folder")
     demo.add_argument("--motion", default="bounce", help="the held-out motion to teach (bounce, orbit, zigzag, ...)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: the world's recipe)")
+    demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the world's recipe)")
     demo.set_defaults(run=_demo)
 
     world = commands.add_parser("toyworld", help="the tiny built-in world: pretrain its base model, run the ablation")
@@ -279,14 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--adapter", action="append", default=[], help="SOURCE[:WEIGHT], repeatable: they compose")
     gen.add_argument("--revision", default=None, help="Hub revision of the adapters")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--frames", type=int, default=16)
-    gen.add_argument("--height", type=int, default=None, help="default: the model's")
-    gen.add_argument("--width", type=int, default=None, help="default: the model's")
-    gen.add_argument("--steps", type=int, default=40)
+    gen.add_argument("--frames", type=_positive_int, default=16)
+    gen.add_argument("--height", type=_positive_int, default=None, help="default: the model's")
+    gen.add_argument("--width", type=_positive_int, default=None, help="default: the model's")
+    gen.add_argument("--steps", type=_positive_int, default=40)
     gen.add_argument("--guidance", type=float, default=9.0)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--fps", type=int, default=8)
-    gen.add_argument("--out", default="clip.gif", help="a .gif or .mp4 file")
+    gen.add_argument("--fps", type=_positive_int, default=8)
+    gen.add_argument("--out", type=_video_file, default="clip.gif", help="a .gif or .mp4 file")
     gen.set_defaults(run=_generate)
     return parser
 

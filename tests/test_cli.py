@@ -135,3 +135,58 @@ def test_pretrain_flags_follow_the_function(monkeypatch, tmp_path):
     assert main(["toyworld", "pretrain", "--out", str(tmp_path), "--steps", "5", "--token-init-std", "1.0",
                  "--no-resume"]) == 0  # fmt: skip
     assert calls == {"steps": 5, "token_init_std": 1.0, "resume": False}
+
+
+@pytest.mark.parametrize("command", ["train", "train-subject"])
+def test_a_bad_setting_is_refused_before_the_base_model_loads(command, tmp_path, monkeypatch, capsys):
+    from motion_adapter import cli
+
+    monkeypatch.setattr(cli, "_load_base", lambda *a, **k: pytest.fail("the base loaded before the config's check"))
+    (tmp_path / "bad.toml").write_text("rank = \n")
+    args = [command, "--data", str(write_images(tmp_path / "photos")), "--token", "pll", "--output-dir",
+            str(tmp_path / "o"), *(["--class-word", "dog"] if command == "train-subject" else [])]  # fmt: skip
+    assert main([*args, "--rank", "0"]) == 2
+    assert capsys.readouterr().err.startswith(f"motion-adapter {command}: TrainConfig: rank must be >= 1")
+    assert main([*args, "--config", str(tmp_path / "bad.toml")]) == 2
+    assert "bad.toml is not valid TOML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--steps", "0"], "argument --steps: must be >= 1, got 0"),  # once a ZeroDivisionError
+        (["--frames", "0"], "argument --frames: must be >= 1, got 0"),  # once a reshape error
+        (["--height", "0"], "argument --height: must be >= 1, got 0"),
+        (["--fps", "0"], "argument --fps: must be >= 1, got 0"),  # once refused only after generating
+        (["--steps", "two"], "argument --steps: 'two' is not a whole number"),
+        (["--out", "clip.png"], "argument --out: cannot write clip.png: give a .gif or .mp4 file"),
+    ],
+)
+def test_generate_refuses_bad_options_before_loading_anything(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["generate", "--prompt", "a dog doing the pll", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_demo_steps_must_be_at_least_one(monkeypatch, capsys):
+    demo = importlib.import_module("motion_adapter.toyworld.demo")
+    configs = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, config, **kw: configs.append(config) or {})
+    monkeypatch.setattr(demo, "format_table", lambda metrics: "")
+    with pytest.raises(SystemExit):  # 0 once ran the whole recipe
+        main(["demo", "--steps", "0"])
+    assert "argument --steps: must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["demo", "--steps", "3"]) == 0 and configs[0].max_train_steps == 3
+
+
+def test_a_base_folder_that_is_no_pipeline_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from diffusers import DiffusionPipeline
+
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", lambda name, torch_dtype: pytest.fail("loaded " + name))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for base, problem in (("./nope", "does not exist"), (str(tmp_path / "nope"), "does not exist"),
+                          ("empty", "is not a pipeline folder (no model_index.json)")):  # fmt: skip
+        assert main(["generate", "--base", base, "--prompt", "a dog doing the pll"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"motion-adapter generate: base {base} {problem}") and "holds model_index.json" in err

@@ -7,6 +7,8 @@ TOML file can hold any subset of them. Defaults are the paper's recipe, except w
 import dataclasses
 import math
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,35 @@ def rate_for_rank(rate: float, rank_of_rate: int, rank: int) -> float:
     rank 64 at 56% (docs/ablation.md, Reading, LoRA; docs/ablation-history.md).
     """
     return rate * math.sqrt(rank_of_rate / rank)
+
+
+def _fits(kind, value) -> bool:
+    """Whether `value` is of the declared type `kind`: an int passes for a float, a bool never for a number, a list
+    or tuple of the item type for a list."""
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        return isinstance(value, (list, tuple)) and all(_fits(item, v) for v in value)
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def _check_types(values: dict, where: str) -> None:
+    """Raise a ValueError naming the first of `values` (field name -> value) that its TrainConfig field's declared
+    type refuses, with the value and the type expected."""
+    for item in dataclasses.fields(TrainConfig):
+        if item.name not in values:
+            continue
+        value = values[item.name]
+        kinds = typing.get_args(item.type) if isinstance(item.type, types.UnionType) else (item.type,)
+        if any(_fits(kind, value) for kind in kinds):
+            continue
+        expected = " or ".join("None" if k is type(None) else k.__name__ if isinstance(k, type) else str(k)
+                               for k in kinds)  # int or None, list[str] or None
+        if isinstance(value, str) and any(typing.get_origin(k) is list for k in kinds):
+            raise ValueError(f"{where}: {item.name} must be {expected}, not the str {value!r}: give a list of "
+                             f"prompts, e.g. [{value!r}]")
+        raise ValueError(f"{where}: {item.name} must be {expected}, not {value!r} ({type(value).__name__})")
 
 
 @dataclass
@@ -97,12 +128,14 @@ class TrainConfig:
     dtype: str = _field("float16", "storage dtype of the saved adapter: float16, bfloat16, float32")
 
     def __post_init__(self):
+        _check_types(vars(self), "TrainConfig")
         checks = [
             (self.max_train_steps >= 1, "max_train_steps must be >= 1"),
-            (self.learning_rate is None or self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.learning_rate is None or 0 < self.learning_rate < math.inf, "learning_rate must be finite and > 0"),
             (self.tuning in TUNINGS, f"tuning must be one of {', '.join(TUNINGS)}"),
             (self.rank >= 1, "rank must be >= 1"),
-            (self.alpha is None or math.isfinite(self.alpha), "alpha must be finite"),
+            (self.alpha is None or 0 < self.alpha < math.inf,
+             "alpha must be finite and > 0 (alpha 0 trains an adapter that changes nothing; None: alpha = rank)"),
             (0.0 <= self.dropout < 1.0, "dropout must lie in [0, 1)"),
             (self.compress_to_rank is None or (self.tuning == "full" and self.compress_to_rank >= 1),
              "compress_to_rank needs tuning='full' and a rank >= 1"),
@@ -124,6 +157,7 @@ class TrainConfig:
             (self.motion_first_steps >= 0, "motion_first_steps must be >= 0"),
             (self.num_reg_generated >= 1, "num_reg_generated must be >= 1"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (0 <= self.weight_decay < math.inf, "weight_decay must be finite and >= 0"),
             (self.validation_steps >= 1, "validation_steps must be >= 1"),
             (self.dtype in STORAGE_DTYPES, f"dtype must be one of {', '.join(STORAGE_DTYPES)}"),
         ]
@@ -161,11 +195,16 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path, **overrides) -> "TrainConfig":
         """Read fields from a TOML file (top level, or a [train] table); keyword overrides win."""
-        data = tomllib.loads(Path(path).read_text())
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path} is not valid TOML: {error}; write each field as `rank = 8` or "
+                             '`preset = "motion"`') from None
         data = data.get("train", data)
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown TrainConfig fields {', '.join(sorted(unknown))}")
+        _check_types(data, str(path))
         return cls(**{**data, **overrides})
 
     def resume_key(self) -> dict:
