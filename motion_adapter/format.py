@@ -2,12 +2,15 @@
 
 A folder holds `pytorch_lora_weights.safetensors` (+ `learned_embeds.safetensors`, + a model card); a single
 `.safetensors` file holds the same tensors and header, embeddings under `token_embeddings.<token>`. The header
-is the single source of truth. Only safetensors is read or written, never pickle. Files are written atomically.
+is the single source of truth. Only safetensors is read or written, never pickle. Files are written atomically,
+and the header records the sha256 of the embeddings file, so a folder whose save was cut off between its two files
+is refused rather than read as a mix of old and new.
 
 Reading also accepts LoRA files made elsewhere: peft or diffusers keys (`lora_A`/`lora_B`, with or without an
 adapter name) and the older `lora.down`/`lora.up` form with per-module `alpha`.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from .constants import (
     CARD_MARKER,
@@ -37,6 +40,10 @@ from .constants import (
 )
 from .errors import AdapterFormatError, AdapterNotFoundError
 from .files import atomic_write_bytes, temporary_sibling
+
+# The header field holding the sha256 of the embeddings file saved with the weights (null: none). Optional: headers
+# written before it lack it. A single file holds the same value, so that both forms carry the same header.
+EMBEDDINGS_DIGEST = "embeddings_sha256"
 
 
 @dataclass
@@ -141,12 +148,14 @@ def write_adapter(
     info.learned_tokens = sorted(embeddings)
     info.num_params = sum(pair.down.numel() + pair.up.numel() for pair in modules.values())
     tensors = _lora_tensors(modules, info.component, dtype)
+    embeddings = {token: row.detach().to("cpu", dtype).contiguous() for token, row in embeddings.items()}
+    embeddings_bytes = save(embeddings, metadata={"format": "pt"}) if embeddings else None
+    digest = hashlib.sha256(embeddings_bytes).hexdigest() if embeddings_bytes else None
     metadata = {
         "format": "pt",
         DIFFUSERS_METADATA_KEY: json.dumps(_diffusers_metadata(modules, info), sort_keys=True),
-        HEADER_KEY: json.dumps(info.header(), sort_keys=True),
+        HEADER_KEY: json.dumps({**info.header(), EMBEDDINGS_DIGEST: digest}, sort_keys=True),
     }
-    embeddings = {token: row.detach().to("cpu", dtype).contiguous() for token, row in embeddings.items()}
     if path.suffix == ".safetensors":
         tensors.update({EMBEDDING_KEY_PREFIX + token: row for token, row in embeddings.items()})
         atomic_save_tensors(tensors, path, metadata)
@@ -154,11 +163,12 @@ def write_adapter(
     path.mkdir(parents=True, exist_ok=True)
     if card is not None:
         write_card(path / CARD_NAME, card(info))
-    if embeddings:
-        atomic_save_tensors(embeddings, path / EMBEDDINGS_NAME, {"format": "pt"})
+    # The weights first: a crash before the embeddings leaves a header whose digest refuses the old embeddings file.
+    atomic_save_tensors(tensors, path / WEIGHTS_NAME, metadata)
+    if embeddings_bytes:
+        atomic_write_bytes(path / EMBEDDINGS_NAME, embeddings_bytes)
     elif (path / EMBEDDINGS_NAME).exists():
         (path / EMBEDDINGS_NAME).unlink()  # a stale file from an earlier save would add tokens this adapter lacks
-    atomic_save_tensors(tensors, path / WEIGHTS_NAME, metadata)
     return path
 
 
@@ -217,8 +227,9 @@ def adapter_files(path: str | os.PathLike) -> tuple[Path, Path | None]:
         raise AdapterNotFoundError(f"no adapter at {path}: the path does not exist; give an adapter folder or file")
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
-        candidates = [p for p in path.iterdir() if p.suffix == ".safetensors" and p.name != EMBEDDINGS_NAME]
-        pickles = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        files = [p for p in path.iterdir() if not p.name.startswith(".")]  # not hidden: an interrupted save's temp
+        candidates = [p for p in files if p.suffix == ".safetensors" and p.name != EMBEDDINGS_NAME]
+        pickles = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
         if len(candidates) == 1:
             weights = candidates[0]
         elif pickles:
@@ -325,23 +336,71 @@ def _split_key(file: Path, key: str) -> tuple[str, str]:
     return match["module"], {"lora_A": "down", "lora_B": "up"}.get(part, part)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_optional_text(value) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_text_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# What each header field may hold: a check, and the words an error uses for it. Fields not listed are ignored.
+_HEADER_FIELDS = {
+    "format_version": (_is_int, "an integer"),
+    "kind": (lambda value: value in KINDS, f"one of {', '.join(KINDS)}"),
+    "tokens": (_is_text_list, "a list of strings"),
+    "learned_tokens": (_is_text_list, "a list of strings"),
+    "prompt_template": (_is_optional_text, "a string or null"),
+    "base_model": (_is_optional_text, "a string or null"),
+    "base_class": (_is_optional_text, "a string or null"),
+    "fingerprint": (_is_optional_text, "a string or null"),
+    "preset": (_is_optional_text, "a string or null"),
+    "component": (lambda value: isinstance(value, str), "a string"),
+    "rank": (lambda value: _is_int(value) and value > 0, "a positive integer"),
+    "alpha": (lambda value: (_is_int(value) or isinstance(value, float)) and math.isfinite(value), "a finite number"),
+    "num_params": (lambda value: _is_int(value) and value >= 0, "an integer >= 0"),
+    "training": (lambda value: value is None or isinstance(value, dict), "an object or null"),
+    EMBEDDINGS_DIGEST: (_is_optional_text, "a string or null"),
+}
+
+
 def _header(file: Path, metadata: dict[str, str]) -> dict | None:
+    """This project's header, its fields checked; None for a file without one."""
     raw = metadata.get(HEADER_KEY)
     if raw is None:
         return None
     try:
         header = json.loads(raw)
-        version = int(header["format_version"])
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         raise AdapterFormatError(
-            f"{file}: the {HEADER_KEY!r} header is not valid ({error}); save the adapter again"
+            f"{file}: the {HEADER_KEY!r} header is not valid JSON ({error}); save the adapter again"
         ) from None
-    if version > FORMAT_VERSION:
+    if not isinstance(header, dict) or "format_version" not in header:
         raise AdapterFormatError(
-            f"{file} uses adapter format version {version}, newer than this motion_adapter reads ({FORMAT_VERSION}); "
-            "upgrade with `pip install -U motion-adapter`"
+            f"{file}: the {HEADER_KEY!r} header is not an object with a format_version; save the adapter again"
         )
+    _check_fields(file, header, ["format_version"])
+    if header["format_version"] > FORMAT_VERSION:
+        raise AdapterFormatError(
+            f"{file} uses adapter format version {header['format_version']}, newer than this motion_adapter reads "
+            f"({FORMAT_VERSION}); upgrade with `pip install -U motion-adapter`"
+        )
+    _check_fields(file, header, _HEADER_FIELDS)
     return header
+
+
+def _check_fields(file: Path, header: dict, names) -> None:
+    for name in names:
+        check, expected = _HEADER_FIELDS[name]
+        if name in header and not check(header[name]):
+            raise AdapterFormatError(
+                f"{file}: the {HEADER_KEY!r} header's field {name!r} is {header[name]!r:.80}, not {expected}; "
+                "save the adapter again"
+            )
 
 
 def _diffusers_config(metadata: dict[str, str]) -> dict:
@@ -402,6 +461,8 @@ def _info(
     """The AdapterInfo from this project's header, or from what a foreign file's tensors say."""
     file_bytes = weights.stat().st_size + (embeddings.stat().st_size if embeddings else 0)
     header = _header(weights, metadata)
+    if header is not None and EMBEDDINGS_DIGEST in header and Path(path).is_dir():
+        _check_embeddings(Path(path), weights, embeddings, header[EMBEDDINGS_DIGEST])
     if header is not None:
         known = set(AdapterInfo.__dataclass_fields__) - {"file_bytes", "path"}
         fields = {key: value for key, value in header.items() if key in known}
@@ -428,3 +489,13 @@ def _info(
         format_version=0,
         path=str(path),
     )
+
+
+def _check_embeddings(folder: Path, weights: Path, embeddings: Path | None, digest: str | None) -> None:
+    """Refuse a folder whose embeddings file is not the one saved with its weights (a save cut off between them)."""
+    found = hashlib.sha256(embeddings.read_bytes()).hexdigest() if embeddings is not None else None
+    if found != digest:
+        raise AdapterFormatError(
+            f"{folder}: {EMBEDDINGS_NAME} is not the file saved with {weights.name} (a save was interrupted, or a "
+            "file was replaced or deleted); save the adapter again"
+        )

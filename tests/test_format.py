@@ -165,3 +165,92 @@ def test_foreign_key_forms_are_read(tmp_path):
     assert loaded.modules["a.b"].alpha == 1.0 and loaded.modules["a.b"].rank == 2
     assert loaded.modules["c"].alpha == 4.0  # no alpha anywhere: scale 1
     assert loaded.info.kind == "lora" and loaded.info.format_version == 0
+
+
+def _subject_adapter(path, row):
+    """A one-module subject adapter whose learned token `<sks>` has the embedding `row`."""
+    info = fmt.AdapterInfo(kind="subject", tokens=["<sks>"], prompt_template=None, base_model=None, preset=None,
+                           rank=2, alpha=2.0, num_params=0, file_bytes=0, format_version=FORMAT_VERSION)  # fmt: skip
+    modules = {"a": fmt.LoraPair(down=torch.ones(2, 3), up=torch.ones(5, 2), alpha=2.0)}
+    return fmt.write_adapter(path, info, modules, embeddings={"<sks>": row}, dtype="float32")
+
+
+def test_an_interrupted_saves_temporary_file_is_not_read_as_the_adapter(tmp_path):
+    """A killed save leaves `.pytorch_lora_weights.<random>.tmp.safetensors`: hidden files are never the weights."""
+    folder = make_adapter(tmp_path / "pll")
+    (folder / WEIGHTS_NAME).rename(folder / ".pytorch_lora_weights.5f3a9c1e.tmp.safetensors")
+    for read in (ma.inspect, fmt.read_adapter):
+        with pytest.raises(ma.AdapterFormatError, match=f"has no {WEIGHTS_NAME}; is it an adapter folder"):
+            read(folder)
+
+
+def _drop_embeddings_digest(folder):
+    """Rewrite the header as adapters saved before the embeddings digest was recorded."""
+    metadata, tensors = _header(folder / WEIGHTS_NAME)
+    header = json.loads(metadata[HEADER_KEY])
+    assert len(header.pop(fmt.EMBEDDINGS_DIGEST)) == 64
+    save_file(tensors, folder / WEIGHTS_NAME, metadata={**metadata, HEADER_KEY: json.dumps(header)})
+
+
+@pytest.mark.parametrize("old", ["with digest", "without digest"])
+def test_a_resave_cut_off_between_weights_and_embeddings_is_refused(tmp_path, monkeypatch, old):
+    folder = _subject_adapter(tmp_path / "dog", torch.zeros(4))
+    if old == "without digest":
+        _drop_embeddings_digest(folder)
+    write = fmt.atomic_write_bytes
+
+    def crash_at_the_embeddings(path, data):
+        if path.name == "learned_embeds.safetensors":
+            raise KeyboardInterrupt
+        write(path, data)
+
+    monkeypatch.setattr(fmt, "atomic_write_bytes", crash_at_the_embeddings)
+    with pytest.raises(KeyboardInterrupt):
+        _subject_adapter(folder, torch.ones(4))  # new weights written, the old embeddings still there
+    for read in (ma.inspect, fmt.read_adapter):
+        with pytest.raises(ma.AdapterFormatError, match="learned_embeds.safetensors is not the file saved with"):
+            read(folder)
+    monkeypatch.setattr(fmt, "atomic_write_bytes", write)
+    _subject_adapter(folder, torch.ones(4))
+    assert torch.equal(fmt.read_adapter(folder).embeddings["<sks>"], torch.ones(4))
+
+
+def test_a_missing_or_stray_embeddings_file_is_refused(tmp_path):
+    folder = _subject_adapter(tmp_path / "dog", torch.zeros(4))
+    embeddings = (folder / "learned_embeds.safetensors").read_bytes()
+    (folder / "learned_embeds.safetensors").unlink()
+    with pytest.raises(ma.AdapterFormatError, match="is not the file saved with"):
+        ma.inspect(folder)
+    folder = make_adapter(tmp_path / "pll")  # saved without embeddings
+    (folder / "learned_embeds.safetensors").write_bytes(embeddings)
+    with pytest.raises(ma.AdapterFormatError, match="is not the file saved with"):
+        ma.inspect(folder)
+
+
+def test_a_header_without_the_embeddings_digest_still_loads(tmp_path):
+    """Adapters saved before the digest was recorded read as they did."""
+    folder = _subject_adapter(tmp_path / "dog", torch.ones(4))
+    _drop_embeddings_digest(folder)
+    assert torch.equal(fmt.read_adapter(folder).embeddings["<sks>"], torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("alpha", None, "a finite number"),
+        ("rank", "x", "a positive integer"),
+        ("tokens", "pll", "a list of strings"),
+        ("kind", "banana", "one of motion, subject"),
+        ("format_version", "1", "an integer"),
+        ("training", [1], "an object or null"),
+    ],
+)
+def test_header_fields_of_the_wrong_type_are_refused(tmp_path, field, value, expected):
+    folder = make_adapter(tmp_path / "pll")
+    metadata, tensors = _header(folder / WEIGHTS_NAME)
+    header = {**json.loads(metadata[HEADER_KEY]), field: value}
+    save_file(tensors, folder / WEIGHTS_NAME, metadata={**metadata, HEADER_KEY: json.dumps(header)})
+    message = f"{WEIGHTS_NAME}: .* header's field '{field}' is .*, not {expected}; save the adapter again"
+    for read in (ma.inspect, fmt.read_adapter):
+        with pytest.raises(ma.AdapterFormatError, match=message):
+            read(folder)

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder `checkpoints/step-000100/` holding `state.safetensors` (tensors) and `state.json`
 (step, learning-rate schedule, the config fields it must match). It is written under a temporary name and
-renamed when complete, so a crash never leaves a folder that looks like a checkpoint. Safetensors only.
+renamed when complete, so a crash never leaves a folder that looks like a checkpoint; its files are written with
+files.py's atomic helpers, so their bytes are on disk before the rename. Safetensors only.
 """
 
 import json
@@ -11,7 +12,11 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..files import atomic_write_bytes
+from ..format import atomic_save_tensors
 
 PREFIX = "step-"
 
@@ -42,8 +47,8 @@ def save_checkpoint(output_dir: Path, step: int, params: list[torch.Tensor], opt
     partial = final.with_name(f".{final.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file(tensors, partial / "state.safetensors")
-    (partial / "state.json").write_text(json.dumps(meta, indent=1))
+    atomic_save_tensors(tensors, partial / "state.safetensors")
+    atomic_write_bytes(partial / "state.json", json.dumps(meta, indent=1).encode())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
     return final
@@ -56,21 +61,37 @@ def load_checkpoint(folder: Path, params: list[torch.Tensor], optimizer, schedul
         raise FileNotFoundError(
             f"{folder} is not a checkpoint (no state.json); checkpoints live in output_dir/checkpoints"
         )
-    meta = json.loads((folder / "state.json").read_text())
-    differing = {k: (meta["key"].get(k), v) for k, v in key.items() if meta["key"].get(k) != v}
+    try:
+        meta = json.loads((folder / "state.json").read_text())
+        saved_key, step = dict(meta["key"]), int(meta["step"])
+        param_groups, scheduler_state = meta["param_groups"], meta["scheduler"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise _damaged(folder, "state.json", error) from None
+    differing = {k: (saved_key.get(k), v) for k, v in key.items() if saved_key.get(k) != v}
     if differing:
         details = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in differing.items())
         raise ValueError(
             f"{folder} was written by a run with another config ({details}); resume with the same settings, "
             "or start afresh in another output_dir"
         )
-    tensors = load_file(folder / "state.safetensors")
+    try:
+        tensors = load_file(folder / "state.safetensors")
+        saved = [tensors[f"param.{i}"] for i in range(len(params))]
+    except (SafetensorError, OSError, KeyError) as error:
+        raise _damaged(folder, "state.safetensors", error) from None
     with torch.no_grad():
-        for i, param in enumerate(params):
-            param.copy_(tensors[f"param.{i}"])
-    optimizer.load_state_dict({"state": optimizer_moments(tensors, "optimizer."), "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
-    return int(meta["step"])
+        for param, value in zip(params, saved, strict=True):
+            param.copy_(value)
+    optimizer.load_state_dict({"state": optimizer_moments(tensors, "optimizer."), "param_groups": param_groups})
+    scheduler.load_state_dict({**scheduler.state_dict(), **scheduler_state})
+    return step
+
+
+def _damaged(folder: Path, name: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"checkpoint {folder} is damaged: its {name} cannot be read ({type(error).__name__}: {error}); resume from "
+        "an earlier checkpoint (give its folder as resume), or delete this one and resume='latest' takes the one before"
+    )
 
 
 def optimizer_tensors(optimizer, prefix: str) -> dict[str, torch.Tensor]:
