@@ -70,6 +70,7 @@ def _decode_with_pyav(path: Path, *, default_fps: float) -> tuple[np.ndarray, fl
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             rate = stream.guessed_rate or stream.average_rate
+            declared = stream.frames  # from the container's index; 0 where it keeps none (GIF, WebM)
             frames, times = [], []
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="rgb24"))
@@ -79,6 +80,19 @@ def _decode_with_pyav(path: Path, *, default_fps: float) -> tuple[np.ndarray, fl
         raise VideoReadError(f"Could not decode {path} (corrupt or unsupported: {err}); {fix}.") from err
     if not frames:
         raise VideoReadError(f"{path} decoded to 0 frames; {fix}.")
+    # a warning, not an error: some containers misreport their frame count
+    if len(frames) < declared:
+        warnings.warn(
+            f"{path} decoded to {len(frames)} frames, but its container declares {declared}: it may be cut short "
+            f"(an interrupted download or copy), and only the {len(frames)} are used. If so, fetch it again, {fix}.",
+            stacklevel=3,
+        )
+    elif path.suffix.lower() == ".gif" and not _ends_with_gif_trailer(path):
+        warnings.warn(
+            f"{path} lacks the byte that ends a GIF, so it is likely cut short (an interrupted download or copy); "
+            f"only the {len(frames)} frames decoded are used. If so, fetch it again, {fix}.",
+            stacklevel=3,
+        )
     nominal = float(rate) if rate is not None else None
     if len(frames) > 1 and None not in times and all(a < b for a, b in zip(times, times[1:])):
         index, fps = even_time_grid(times, last_duration=last_duration, nominal_fps=nominal)
@@ -86,6 +100,13 @@ def _decode_with_pyav(path: Path, *, default_fps: float) -> tuple[np.ndarray, fl
     if nominal is None:
         warnings.warn(f"{path} records no frame rate; assuming default_fps={default_fps}.", stacklevel=3)
     return np.stack(frames), nominal or float(default_fps)
+
+
+def _ends_with_gif_trailer(path: Path) -> bool:
+    """Whether a GIF ends with its trailer byte ";": a truncated GIF decodes its whole frames without an error."""
+    with open(path, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b";"
 
 
 def even_time_grid(
@@ -134,9 +155,17 @@ def _read_frame_folder(folder: Path) -> np.ndarray:
         key=lambda p: natural_key(p.name),
     )
     if not names:
+        clips = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        hint = ""
+        if clips:
+            hint = (
+                f" It holds clips ({', '.join(clips[:3])}): a subfolder is read as the frames of one clip, so move "
+                "the clips up to the top level, or name each in the top folder's metadata.jsonl as "
+                f'{{"file_name": "{folder.name}/{clips[0]}", "text": ...}}.'
+            )
         raise VideoReadError(
             f"The frame folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images; put the clip's frames in it "
-            f"(e.g. `ffmpeg -i clip.mp4 {folder}/frame%04d.png`) or remove it."
+            f"(e.g. `ffmpeg -i clip.mp4 {folder}/frame%04d.png`) or remove it.{hint}"
         )
     frames = [read_image(p) for p in names]
     sizes = {f.shape for f in frames}

@@ -1,5 +1,9 @@
 """Tests for motion_adapter.video: reading and writing clips, frame folders, grids, and their errors."""
 
+import warnings
+from fractions import Fraction
+
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -143,6 +147,34 @@ def test_read_errors_name_the_file_and_a_fix(tmp_path):
     (tmp_path / "notes.doc").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"\.mp4.*\.gif"):
         read_video(tmp_path / "notes.doc")
+
+
+def write_indexed_mp4(path, frames, *, fps=8):
+    """An MP4 with its index (moov) first, as streaming sites serve them, so that a cut-off copy still opens."""
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream(video._mp4_encoder(), rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_truncated_clip_warns_with_frame_counts(tmp_path):
+    clip = np.random.default_rng(0).integers(0, 256, (40, 32, 48, 3), dtype=np.uint8)
+    mp4, gif = write_indexed_mp4(tmp_path / "whole.mp4", clip), write_video(tmp_path / "whole.gif", clip)
+    cases = [
+        (mp4, r"cut\.mp4 decoded to \d+ frames, but its container declares 40"),
+        (gif, r"cut\.gif lacks the byte that ends a GIF"),  # a GIF holds no frame count
+    ]
+    for whole, message in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a whole clip reads without a warning
+            assert len(read_video(whole)[0]) == 40
+        cut = tmp_path / f"cut{whole.suffix}"
+        cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.9)])
+        with pytest.warns(UserWarning, match=message + ".*cut short"):
+            assert len(read_video(cut)[0]) < 40
 
 
 def test_read_image_applies_exif_rotation(tmp_path):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from .data import ClipExample
+from .data import ClipExample, progress_options
 
 ENCODE_CHUNK = 8  # frames encoded at once: bounds the VAE's memory on long clips
 
@@ -26,6 +27,11 @@ def encode_frames(vae, frames: torch.Tensor) -> torch.Tensor:
     return torch.cat(chunks).float()
 
 
+def _with_progress(examples: list[ClipExample]) -> tqdm:
+    """`examples` with a progress bar: encoding many long clips takes a while before training starts."""
+    return tqdm(examples, desc="encoding latents", unit="clip", **progress_options())
+
+
 class LatentStore:
     """Latents of a list of examples, by index; `window(i, frames)` gives (f, c, h, w) for one step."""
 
@@ -35,10 +41,10 @@ class LatentStore:
         self.examples = examples if mode == "off" else None  # decoded frames are kept only to encode every step
         self.latents: list[torch.Tensor] = []
         if mode == "memory":
-            self.latents = [encode_frames(vae, example.frames) for example in examples]
+            self.latents = [encode_frames(vae, example.frames) for example in _with_progress(examples)]
         elif mode == "disk":
             folder.mkdir(parents=True, exist_ok=True)
-            for i, example in enumerate(examples):
+            for i, example in enumerate(_with_progress(examples)):
                 save_file({"latents": encode_frames(vae, example.frames).contiguous()}, folder / f"{i}.safetensors")
 
     def __len__(self) -> int:

@@ -5,10 +5,12 @@ of a clip, resampled in time (frame stride or target fps), resized on its short 
 training size, in [-1, 1], with its caption. The VAE and text encoder are frozen, so the training loop encodes
 each example once; every step it picks a random window of num_frames (of frames or of cached latents) with
 `sample_window`. Captions come from metadata.jsonl, else a sibling <name>.txt, else one template for all.
+Caption files are UTF-8 (a byte order mark is accepted).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from motion_adapter.video import (
     IMAGE_SUFFIXES,
@@ -75,6 +78,8 @@ def load_clip_folder(
     "moving left" into "moving right". With `bucket=True` each clip is instead cropped to the size in
     `bucket_sizes(height, width)` (about the same pixel count) closest to its own aspect ratio, so wide and tall
     clips lose less; examples then differ in size and cannot be stacked into one batch.
+    A metadata.jsonl line may name a clip in a subfolder ("train/clip1.mp4", the `datasets` layout); such a
+    subfolder then holds clips, not frames, and only the clips it names are used.
     An unreadable or too short clip raises, or with `skip_bad_clips=True` is skipped with one warning.
     `token`, when given, must appear in at least one caption.
     """
@@ -90,25 +95,31 @@ def load_clip_folder(
     sizes = bucket_sizes(height, width, multiple_of=multiple_of) if bucket else [(height, width)]
 
     examples, skipped, slow = [], [], []
-    for source, caption in zip(sources, captions):
-        try:
-            frames, source_fps = read_video(source)
-            index, clip_fps = resample_indices(len(frames), source_fps=source_fps, frame_stride=frame_stride, fps=fps)
-            if len(index) < num_frames:
-                how = f"resampling to {fps:g} fps" if fps is not None else f"frame_stride={frame_stride}"
-                raise DataError(
-                    f"{source} has {len(index)} frames after {how} ({len(frames)} decoded at {source_fps:g} fps), "
-                    f"fewer than num_frames={num_frames}; lower num_frames, frame_stride or fps, or remove the clip."
+    progress = tqdm(zip(sources, captions), total=len(sources), desc="loading clips", unit="clip", **progress_options())
+    with progress:  # closed on an error too, so that the error does not print on the line of the bar
+        for source, caption in progress:
+            try:
+                frames, source_fps = read_video(source)
+                index, clip_fps = resample_indices(
+                    len(frames), source_fps=source_fps, frame_stride=frame_stride, fps=fps
                 )
-        except (VideoReadError, DataError) as err:
-            if not skip_bad_clips:
-                raise type(err)(f"{err} (Or pass skip_bad_clips=True to skip such clips.)") from err
-            skipped.append(f"{source.name}: {err}")
-            continue
-        if fps is not None and source_fps < fps:
-            slow.append(f"{source.name} ({source_fps:g} fps)")
-        clip_height, clip_width = choose_bucket(frames.shape[1], frames.shape[2], sizes)
-        examples.append(ClipExample(resize_and_crop(frames[index], clip_height, clip_width), caption, source, clip_fps))
+                if len(index) < num_frames:
+                    how = f"resampling to {fps:g} fps" if fps is not None else f"frame_stride={frame_stride}"
+                    raise DataError(
+                        f"{source} has {len(index)} frames after {how} ({len(frames)} decoded at {source_fps:g} "
+                        f"fps), fewer than num_frames={num_frames}; lower num_frames, frame_stride or fps, or remove "
+                        "the clip."
+                    )
+            except (VideoReadError, DataError) as err:
+                if not skip_bad_clips:
+                    raise type(err)(f"{err} (Or pass skip_bad_clips=True to skip such clips.)") from err
+                skipped.append(f"{source.name}: {err}")
+                continue
+            if fps is not None and source_fps < fps:
+                slow.append(f"{source.name} ({source_fps:g} fps)")
+            clip_height, clip_width = choose_bucket(frames.shape[1], frames.shape[2], sizes)
+            frames = resize_and_crop(frames[index], clip_height, clip_width)
+            examples.append(ClipExample(frames, caption, source, clip_fps))
 
     if slow:
         warnings.warn(
@@ -141,11 +152,23 @@ def load_image_folder(
     captions = resolve_captions(sources, data=data, token=token, caption_template=caption_template)
     sizes = bucket_sizes(height, width, multiple_of=multiple_of) if bucket else [(height, width)]
     examples = []
-    for source, caption in zip(sources, captions):
-        image = read_image(source)[None]  # (h, w, 3) -> (1, h, w, 3)
-        image_height, image_width = choose_bucket(image.shape[1], image.shape[2], sizes)
-        examples.append(ClipExample(resize_and_crop(image, image_height, image_width), caption, source))
+    progress = tqdm(
+        zip(sources, captions), total=len(sources), desc="loading images", unit="image", **progress_options()
+    )
+    with progress:
+        for source, caption in progress:
+            image = read_image(source)[None]  # (h, w, 3) -> (1, h, w, 3)
+            image_height, image_width = choose_bucket(image.shape[1], image.shape[2], sizes)
+            examples.append(ClipExample(resize_and_crop(image, image_height, image_width), caption, source))
     return examples
+
+
+def progress_options() -> dict:
+    """tqdm options for a progress bar shown by the main process only, as the training loop's bar is: the other
+    processes of a multi-GPU run load the same data and would repeat it."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    # {} rather than disable=False on the main process: disable=False would override TQDM_DISABLE=1
+    return {"disable": True} if distributed and torch.distributed.get_rank() != 0 else {}
 
 
 def sample_window(num_available: int, num_frames: int, generator: torch.Generator | None = None) -> slice:
@@ -190,15 +213,24 @@ def find_sources(
 
 
 def _scan_folder(folder: Path, *, suffixes: Sequence[str], frame_folders: bool) -> list[Path]:
-    """Files with `suffixes` (and frame subfolders) of `folder`; warn about what else is there."""
+    """Files with `suffixes` (and frame subfolders) of `folder`, then those its metadata.jsonl names in subfolders
+    (the `datasets` layout: "train/clip1.mp4"); warn about what else is there."""
+
+    def usable(path: Path) -> bool:
+        return path.suffix.lower() in suffixes or (frame_folders and path.is_dir())
+
+    named = sorted((name for name in read_metadata(folder) if _in_subfolder(name)), key=natural_key)
+    nested = [folder / name for name in named if usable(folder / name) and (folder / name).exists()]
+    holders = {path.relative_to(folder).parts[0] for path in nested}  # subfolders of clips, not frame folders
     sources, ignored = [], []
     for path in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
-        if path.name.startswith(".") or path.name == METADATA_FILE or path.suffix.lower() == ".txt":
+        if path.name.startswith(".") or path.name in (METADATA_FILE, *holders) or path.suffix.lower() == ".txt":
             continue
-        if path.suffix.lower() in suffixes or (frame_folders and path.is_dir()):
+        if usable(path):
             sources.append(path)
         else:
             ignored.append(path.name)
+    sources += nested
     what = "clips" if frame_folders else "images"
     if ignored:
         warnings.warn(
@@ -218,14 +250,21 @@ def _scan_folder(folder: Path, *, suffixes: Sequence[str], frame_folders: bool) 
     raise DataError(f"No {what} found in {folder}: add {kinds}.{hint}")
 
 
+def _in_subfolder(file_name: str) -> bool:
+    """Whether a metadata.jsonl file_name ("train/clip1.mp4") names a file in a subfolder of its folder."""
+    parts = Path(file_name).parts
+    return len(parts) > 1 and not Path(file_name).is_absolute() and ".." not in parts
+
+
 def read_metadata(folder: Path) -> dict[str, str]:
-    """Captions from `folder`/metadata.jsonl, keyed by file_name (relative to the folder); {} without the file."""
+    """Captions from `folder`/metadata.jsonl, keyed by file_name (relative to the folder, with "/" between
+    folders); {} without the file."""
     path = folder / METADATA_FILE
     if not path.is_file():
         return {}
     captions = {}
     example = '{"file_name": "clip1.mp4", "text": "a person doing the pll"}'
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_caption_file(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -236,8 +275,24 @@ def read_metadata(folder: Path) -> dict[str, str]:
         if not valid:
             keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
             raise DataError(f"{path}:{number} needs string keys file_name and text (got {keys}); e.g. {example}.")
+        if not entry["text"].strip():
+            raise DataError(f"{path}:{number} has an empty text for {entry['file_name']}: write its caption there.")
         captions[Path(entry["file_name"]).as_posix()] = entry["text"]
     return captions
+
+
+def read_caption_file(path: Path) -> str:
+    """The text of a caption file (metadata.jsonl or <name>.txt), which must be UTF-8; a byte order mark, which
+    some editors write, is dropped."""
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line} is not UTF-8 (byte {raw[err.start]:#04x}): save the file as UTF-8 (your editor's "
+            "Save As, or `iconv -f latin1 -t utf-8` for a Latin-1 file)."
+        ) from err
 
 
 def resolve_captions(
@@ -252,15 +307,18 @@ def resolve_captions(
     With a token, at least one caption must contain it (as a word); captions without it are only warned about.
     """
     fallback = _fill_template(caption_template, token=token)
+    root = Path(data) if isinstance(data, (str, os.PathLike)) and Path(data).is_dir() else None
     metadata: dict[Path, dict[str, str]] = {}
     captions = []
     for source in sources:
-        entries = metadata.setdefault(source.parent, read_metadata(source.parent))
+        folder = root if root is not None else source.parent  # the folder whose metadata.jsonl names the source
+        entries = metadata.setdefault(folder, read_metadata(folder))
+        file_name = source.relative_to(folder).as_posix()
         sibling = source.parent / f"{source.stem if source.is_file() else source.name}.txt"
-        if source.name in entries:
-            captions.append(entries[source.name])
+        if file_name in entries:
+            captions.append(entries[file_name])
         elif sibling.is_file():
-            text = sibling.read_text(encoding="utf-8").strip()
+            text = read_caption_file(sibling).strip()
             if not text:
                 raise DataError(f"The caption file {sibling} is empty: write the caption of {source.name} in it.")
             captions.append(text)
@@ -269,14 +327,14 @@ def resolve_captions(
         else:
             template = ", or pass caption_template='a person doing the {token}'" if token is not None else ""
             raise DataError(
-                f"No caption for {source}: add a line {{\"file_name\": \"{source.name}\", \"text\": ...}} to "
-                f"{source.parent / METADATA_FILE}, or write {sibling.name} next to it{template}."
+                f"No caption for {source}: add a line {{\"file_name\": \"{file_name}\", \"text\": ...}} to "
+                f"{folder / METADATA_FILE}, or write {sibling.name} next to it{template}."
             )
-    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
-        unused = sorted(set(metadata.get(Path(data), {})) - {source.name for source in sources})
+    if root is not None:
+        unused = sorted(set(metadata.get(root, {})) - {source.relative_to(root).as_posix() for source in sources})
         if unused:
             warnings.warn(
-                f"{Path(data) / METADATA_FILE} names files that are not in the folder: {', '.join(unused[:5])}; "
+                f"{root / METADATA_FILE} names files that are not in the folder: {', '.join(unused[:5])}; "
                 "check its file_name values.",
                 stacklevel=3,
             )

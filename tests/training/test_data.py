@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from motion_adapter.training.cache import LatentStore
 from motion_adapter.training.data import (
     DataError,
     bucket_sizes,
@@ -86,9 +87,59 @@ def test_caption_errors_name_the_file(tmp_path):
     (folder / "metadata.jsonl").write_text('{"file_name": "a.gif", "caption": "x"}\n')
     with pytest.raises(DataError, match=r"metadata\.jsonl:1 needs .* text"):
         load(folder)
+    (folder / "metadata.jsonl").write_text('{"file_name": "a.gif", "text": " "}\n')  # as refused as an empty b.txt
+    with pytest.raises(DataError, match=r"metadata\.jsonl:1 has an empty text for a\.gif"):
+        load(folder)
     (folder / "metadata.jsonl").write_text('{"file_name": "a.gf", "text": "a fox doing the pll"}\n')
     with pytest.warns(UserWarning, match=r"not in the folder: a\.gf"):
         load(folder)
+
+
+def test_caption_files_must_be_utf8_and_may_start_with_a_bom(tmp_path):
+    folder = make_folder(tmp_path / "clips", ["a.gif", "b.gif"])
+    lines = '{"file_name": "a.gif", "text": "a dog doing the pll"}\n{"file_name": "b.gif", "text": "caf\u00e9 pll"}\n'
+    (folder / "metadata.jsonl").write_bytes(lines.encode("latin-1"))
+    with pytest.raises(DataError, match=r"metadata\.jsonl:2 is not UTF-8 .*save the file as UTF-8"):
+        load(folder)
+    (folder / "metadata.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode("utf-8"))  # a BOM, as Notepad writes
+    assert [e.caption for e in load(folder)] == ["a dog doing the pll", "caf\u00e9 pll"]
+    (folder / "metadata.jsonl").unlink()
+    (folder / "a.txt").write_bytes("caf\u00e9 pll".encode("latin-1"))
+    with pytest.raises(DataError, match=r"a\.txt:1 is not UTF-8"):
+        load(folder)
+
+
+def test_metadata_may_name_clips_in_subfolders(tmp_path):
+    """The `datasets` layout: metadata.jsonl at the top names "train/clip.gif"; train/ is no frame folder."""
+    folder = make_folder(tmp_path / "clips", ["top.gif", "frames"])
+    make_folder(folder / "train", ["b.gif", "a10.gif", "a2"])
+    lines = [{"file_name": f"train/{name}", "text": f"{name} doing the pll"} for name in ("b.gif", "a10.gif", "a2")]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    examples = load(folder)
+    assert [e.source.relative_to(folder).as_posix() for e in examples] == [
+        "frames", "top.gif", "train/a2", "train/a10.gif", "train/b.gif"
+    ]  # fmt: skip
+    assert [e.caption for e in examples][2:] == ["a2 doing the pll", "a10.gif doing the pll", "b.gif doing the pll"]
+    assert examples[0].caption == "a person doing the pll"  # the template still fills in
+
+
+def test_subfolder_of_clips_without_metadata_says_how_to_lay_it_out(tmp_path):
+    folder = make_folder(tmp_path / "clips", ["top.gif"])
+    make_folder(folder / "train", ["a.gif"])
+    with pytest.raises(VideoReadError, match=r'train holds no .*move the clips up.*"file_name": "train/a\.gif"'):
+        load(folder)
+
+
+def test_loading_and_encoding_show_progress_on_the_main_process_only(tmp_path, capsys, monkeypatch, pipe):
+    folder = make_folder(tmp_path / "clips", ["a.gif", "b.gif"])
+    examples = load(folder)
+    LatentStore(pipe.vae, examples)
+    err = capsys.readouterr().err
+    assert "loading clips: 100%" in err and "2/2" in err and "encoding latents: 100%" in err
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)  # another process of a multi-GPU run
+    LatentStore(pipe.vae, load(folder))
+    assert capsys.readouterr().err == ""
 
 
 def test_token_must_appear_in_some_caption(tmp_path):
