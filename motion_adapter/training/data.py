@@ -91,7 +91,8 @@ def load_clip_folder(
             f"Give a positive fps or a frame_stride, not both (got fps={fps}, frame_stride={frame_stride})."
         )
     sources = find_sources(data, suffixes=VIDEO_SUFFIXES, frame_folders=True)
-    captions = resolve_captions(sources, data=data, token=token, caption_template=caption_template)
+    captions = resolve_captions(sources, data=data, token=token, caption_template=caption_template,
+                                example="a person doing the {token}")
     sizes = bucket_sizes(height, width, multiple_of=multiple_of) if bucket else [(height, width)]
 
     examples, skipped, slow = [], [], []
@@ -149,7 +150,8 @@ def load_image_folder(
     """
     check_size(height, width, multiple_of=multiple_of)
     sources = find_sources(data, suffixes=IMAGE_SUFFIXES, frame_folders=False)
-    captions = resolve_captions(sources, data=data, token=token, caption_template=caption_template)
+    captions = resolve_captions(sources, data=data, token=token, caption_template=caption_template,
+                                example="a photo of a {token}")
     sizes = bucket_sizes(height, width, multiple_of=multiple_of) if bucket else [(height, width)]
     examples = []
     progress = tqdm(
@@ -301,10 +303,12 @@ def resolve_captions(
     data: str | os.PathLike | Sequence[str | os.PathLike],
     token: str | None,
     caption_template: str | None,
+    example: str = "a person doing the {token}",
 ) -> list[str]:
     """One caption per source: its metadata.jsonl entry, else its sibling <name>.txt, else the template.
 
     With a token, at least one caption must contain it (as a word); captions without it are only warned about.
+    `example` is the template the errors suggest (a motion's or a subject's).
     """
     fallback = _fill_template(caption_template, token=token)
     root = Path(data) if isinstance(data, (str, os.PathLike)) and Path(data).is_dir() else None
@@ -325,7 +329,7 @@ def resolve_captions(
         elif fallback is not None:
             captions.append(fallback)
         else:
-            template = ", or pass caption_template='a person doing the {token}'" if token is not None else ""
+            template = f", or pass caption_template={example!r}" if token is not None else ""
             raise DataError(
                 f"No caption for {source}: add a line {{\"file_name\": \"{file_name}\", \"text\": ...}} to "
                 f"{folder / METADATA_FILE}, or write {sibling.name} next to it{template}."
@@ -339,7 +343,7 @@ def resolve_captions(
                 stacklevel=3,
             )
     if token is not None:
-        _check_token(captions, sources, token=token, data=data)
+        _check_token(captions, sources, token=token, data=data, example=example)
     return captions
 
 
@@ -349,21 +353,23 @@ def _fill_template(caption_template: str | None, *, token: str | None) -> str | 
         return None
     fields = {name for _, name, _, _ in string.Formatter().parse(caption_template) if name is not None}
     if fields - {"token"}:
-        raise ValueError(f"caption_template may only use {{token}}, got {caption_template!r}.")
+        raise ValueError(
+            f"caption_template may only use {{token}} (and a subject's {{class_word}}), got {caption_template!r}."
+        )
     if "token" in fields and token is None:
         raise ValueError(f"caption_template {caption_template!r} uses {{token}}: pass token= as well.")
     return caption_template.format(token=token)
 
 
-def _check_token(captions: Sequence[str], sources: Sequence[Path], *, token: str, data) -> None:
+def _check_token(captions: Sequence[str], sources: Sequence[Path], *, token: str, data, example: str) -> None:
     """Raise when no caption contains `token` as a word; warn about the captions that lack it."""
     pattern = re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
     missing = [i for i, caption in enumerate(captions) if not pattern.search(caption)]
     if len(missing) == len(captions):
         raise DataError(
             f"No caption of {_describe(data)} contains the token {token!r} (e.g. {captions[0]!r} for "
-            f"{sources[0].name}): put it in the captions, e.g. 'a person doing the {token}', or pass "
-            f"caption_template='a person doing the {{token}}' and remove the other captions."
+            f"{sources[0].name}): put it in the captions, e.g. {example.format(token=token)!r}, or pass "
+            f"caption_template={example!r} and remove the other captions."
         )
     if missing:
         warnings.warn(

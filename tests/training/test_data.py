@@ -280,3 +280,7 @@ def test_image_folder_gives_one_frame_clips(tmp_path):
     torch.testing.assert_close(examples[2].frames, torch.full((1, 3, 16, 16), 120 / 127.5 - 1), atol=0.02, rtol=0)
     with pytest.warns(UserWarning, match="not images"), pytest.raises(DataError, match="No images found"):
         load_image_folder(make_folder(tmp_path / "clips", ["a.gif"]), height=16, width=16)
+    with pytest.raises(DataError, match=r"e.g. 'a photo of a zz', or pass caption_template='a photo of a \{token\}'"):
+        load_image_folder(folder, token="zz", caption_template="a photo of a dog", height=16, width=16)
+    with pytest.raises(ValueError, match=r"only use \{token\} \(and a subject's \{class_word\}\), got 'a \{tok\}'"):
+        load_image_folder(folder, token="sks", caption_template="a {tok}", height=16, width=16)
