@@ -592,7 +592,6 @@ def generate(
     The prompt is checked first for adapter tokens that no enabled adapter provides (a warning).
     """
     check_prompt(pipe, prompt)
-    device = denoiser_of(pipe).device
     return pipe(
         prompt,
         negative_prompt=negative_prompt,
@@ -601,7 +600,7 @@ def generate(
         width=width,
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
-        generator=torch.Generator(device).manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed),  # on the CPU: the same clip on any device, offloaded or not
         output_type="np",
     ).frames[0]
 

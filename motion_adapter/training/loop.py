@@ -89,6 +89,7 @@ def train_motion(
     _check_before_work(output_dir, token=token)
     _check_precision(pipe, config)
     accelerator = _accelerator(config, output_dir, images=False)
+    _place(pipe, accelerator.device)
     clips = _load_clips(pipe, data, config, Path(output_dir) / "latent_cache" / "clips", token=token)
     reg = _load_regularization(pipe, reg_data, config, Path(output_dir))
     return _run(
@@ -129,6 +130,7 @@ def train_subject(
     preset = preset or ("motion+appearance" if joint else subject_preset(config))
     _check_precision(pipe, config)
     accelerator = _accelerator(config, output_dir, images=True)
+    _place(pipe, accelerator.device)
     template = caption_template.replace("{class_word}", class_word)
     cache = Path(output_dir) / "latent_cache"
     images = _load_images(pipe, data, config, cache / "images", token=token, caption_template=template)
@@ -191,8 +193,7 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
 
     # 1. the trainable parameters: a LoRA, or the selected weights themselves (full tuning), and learned tokens
     set_seed(config.seed)  # the LoRA's initial A
-    for module in (vae, text_encoder, unet):
-        module.to(device)
+    for module in (vae, text_encoder, unet):  # on the device already (`_place`)
         if weight_dtype != torch.float32 and not (learned and module is text_encoder):
             module.to(dtype=weight_dtype)  # the frozen weights; trainable ones are set back to fp32 below
     if config.tuning == "lora":
@@ -333,8 +334,11 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
                 samples += _validate(pipe, config, output_dir, step, unet)
     undo.pop_all()  # trained: what follows finishes the adapter rather than taking it back
 
-    # 6. back to inference: eval mode, hooks off, fp32 views released, the adapter written by the main process
+    # 6. back to inference: eval mode, hooks and accelerate's autocast wrappers off, fp32 views released, the adapter
+    # written by the main process
     session.close()
+    accelerator.unwrap_model(trained_unet, keep_fp32_wrapper=False)
+    accelerator.unwrap_model(trained_text, keep_fp32_wrapper=False)
     text_encoder.eval()
     for param in all_params:
         param.requires_grad_(False)
@@ -355,6 +359,8 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
             samples += _validate(pipe, config, output_dir, step, unet)
         sample = samples[-1] if samples else None
         save_motion_adapter(pipe, adapter_name, output_dir, dtype=config.dtype, training=summary, sample=sample)
+    if learned and weight_dtype != torch.float32:
+        text_encoder.to(dtype=weight_dtype)  # saved from its fp32 rows; now in one precision with the other models
     accelerator.wait_for_everyone()
     if config.report_to:
         accelerator.end_training()
@@ -364,6 +370,13 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
 
 
 # ---------------------------------------------------------------- pieces
+
+
+def _place(pipe, device: torch.device) -> None:
+    """Put the models on this process's device before any data is encoded (a pipeline handed over on the CPU, or
+    every process's on the first GPU, would otherwise encode there)."""
+    for module in (pipe.vae, pipe.text_encoder, pipe.unet):
+        module.to(device)
 
 
 def _check_before_work(output_dir, **words: str | None) -> None:
@@ -453,18 +466,20 @@ def _generate_clips(pipe, config: TrainConfig) -> list[ClipExample]:
 
 
 def _sample(pipe, prompt: str, config: TrainConfig, *, seed: int):
-    """One clip (frames, h, w, 3) in [0, 1] at the training size, with the pipeline as it is."""
-    device = pipe.unet.device
-    return pipe(
-        prompt,
-        num_frames=config.num_frames,
-        height=config.height,
-        width=config.width,
-        num_inference_steps=config.validation_steps,
-        guidance_scale=config.guidance_scale,
-        generator=torch.Generator(device).manual_seed(seed),
-        output_type="np",
-    ).frames[0]
+    """One clip (frames, h, w, 3) in [0, 1] at the training size, with the pipeline as it is: under mixed precision
+    its models are in two precisions (the trained weights fp32), so it samples under autocast."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
+    with torch.autocast(pipe.unet.device.type, dtype=dtype, enabled=dtype is not None):
+        return pipe(
+            prompt,
+            num_frames=config.num_frames,
+            height=config.height,
+            width=config.width,
+            num_inference_steps=config.validation_steps,
+            guidance_scale=config.guidance_scale,
+            generator=torch.Generator().manual_seed(seed),  # on the CPU: the same noise on any device
+            output_type="np",
+        ).frames[0]
 
 
 def _validate(pipe, config: TrainConfig, output_dir: Path, step: int, unet) -> list[Path]:
@@ -560,7 +575,8 @@ def _optimizer(config: TrainConfig, groups):
         except ImportError:
             if config.use_8bit_adam == "yes":
                 raise ImportError("use_8bit_adam='yes' needs bitsandbytes: pip install bitsandbytes") from None
-    fused = groups[0]["params"][0].device.type in ("cpu", "cuda")
+    # fp16's loss scaler would not see a fused step skip on an overflow, and the schedule would step on
+    fused = groups[0]["params"][0].device.type in ("cpu", "cuda") and config.mixed_precision != "fp16"
     return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
 
 

@@ -123,6 +123,8 @@ def test_adamw_takes_the_fused_step_where_torch_has_one():
     assert isinstance(on_cpu, torch.optim.AdamW) and on_cpu.defaults["fused"]
     on_meta = loop._optimizer(TrainConfig(), [{"params": [torch.nn.Parameter(torch.zeros(3, device="meta"))]}])
     assert not on_meta.defaults["fused"]  # no fused kernel there: torch's default
+    under_fp16 = loop._optimizer(TrainConfig(mixed_precision="fp16"), [{"params": [torch.nn.Parameter(torch.ones(3))]}])
+    assert not under_fp16.defaults["fused"]  # the loss scaler must see a step skipped on an overflow
 
 
 def test_v_prediction_pipeline_trains(clips, tmp_path):
@@ -490,10 +492,14 @@ def fresh_accelerator_state():
 
 
 def test_accumulation_warmup_and_bf16(pipe, clips, tmp_path, fresh_accelerator_state):
-    config = tiny_config(gradient_accumulation_steps=2, warmup_steps=2, mixed_precision="bf16")
+    config = tiny_config(gradient_accumulation_steps=2, warmup_steps=2, mixed_precision="bf16", validation_every=2,
+                         validation_prompts=["a square doing the pll"])  # fmt: skip
     result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
     assert result.steps == 3 and np.isfinite(result.final_loss)
     assert all(p.dtype == torch.float32 for n, p in pipe.unet.named_parameters() if ".lora_" in n)
+    assert [p.name for p in result.samples] == ["step-000002-0.gif", "step-000003-0.gif"]  # sampled under autocast
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").is_file()
+    assert testing.generate(pipe, "a square doing the pll").shape[0] == testing.TINY_NUM_FRAMES  # no fp32 wrapper left
 
 
 @pytest.mark.parametrize("tuning", ["lora", "full"])
@@ -501,9 +507,13 @@ def test_a_subject_trains_in_bf16_and_leaves_each_model_in_one_dtype(pipe, tmp_p
     config = tiny_config(tuning=tuning, mixed_precision="bf16")
     ma.train_subject(pipe, data=write_images(tmp_path / "photos"), token="<sks>", class_word="dog",
                      output_dir=tmp_path / "out", config=config)  # fmt: skip
-    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.float32}  # it learned a token: never cast
+    # the text encoder, fp32 while its token learned, then cast as the other models are: one precision to generate in
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
     assert {p.dtype for name, p in pipe.unet.named_parameters() if ".lora_" not in name} == {torch.bfloat16}
-    pipe.text_encoder(pipe.tokenizer("a <sks> dog", return_tensors="pt").input_ids)  # no fp32 row in a bf16 model
+    assert testing.generate(pipe, "a <sks> dog").shape[0] == testing.TINY_NUM_FRAMES
+    saved = load_file(tmp_path / "out" / "learned_embeds.safetensors")["<sks>"].float()
+    row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("<sks>")].float()
+    torch.testing.assert_close(saved, row, atol=0.02, rtol=0.01)  # saved from the fp32 row, before the cast
 
 
 def test_a_half_precision_pipeline_is_refused_without_mixed_precision(pipe, clips, tmp_path):
