@@ -1,13 +1,15 @@
 """Can the tiny base learn a motion's sense from words? The pretraining recipe's levers on a two-motion world.
 
-The shipped base reads a motion's axis from its words ("moving up" is vertical) but not its sense: up or down
-follows the starting noise. This measures, on the world cut down to one red square on black moving left or
-right (128 jittered clips), how many denoiser steps a recipe needs before the sense follows the words. A fresh
-UNet3DConditionModel and text encoder of the base's architecture are trained as `toyworld.pretrain` trains
-them (v-prediction, AdamW at 1e-3, batch 16, unit-scale word embeddings) over the shipped VAE; every 100 steps
-8 clips "moving left" and 8 "moving right" are generated (15 steps, guidance 3) and read by the evaluator.
-Recipes: timestep sampling "uniform" or "cubic" (most steps at high noise, where a clip's layout is decided),
-each alone or "+order": the frame-order loss and random temporal-convolution init of `toyworld.pretrain`.
+The base shipped when this script came (commit 6187f4e; bc64919's weights, pretrained on uniform timesteps) read a
+motion's axis from its words ("moving up" is vertical) but not its sense: up or down followed the starting noise.
+The bases shipped since commit 2f0e653, pretrained on cubic timesteps, read both. This measures, on the world cut
+down to one red square on black moving left or right (128 jittered clips), how many denoiser steps a recipe needs
+before the sense follows the words. A fresh UNet3DConditionModel and text encoder of the base's architecture are
+trained as `toyworld.pretrain` trains them (v-prediction, AdamW at 1e-3, batch 16, unit-scale word embeddings) over
+the shipped VAE; every 100 steps 8 clips "moving left" and 8 "moving right" are generated (15 steps, guidance 3) and
+read by the evaluator. Recipes: timestep sampling "uniform" or "cubic" (most steps at high noise, where a clip's
+layout is decided), each alone or "+order": the frame-order loss and random temporal-convolution init of
+`toyworld.pretrain`.
 
     python benchmarks/pretrain_sense.py [--steps 300] [--recipes uniform cubic uniform+order cubic+order]
 """

@@ -37,7 +37,7 @@ SIZE, FRAMES = 32, 8
 
 
 def mid_size_pipeline():
-    """The tiny pipeline with a wider UNet3D (about 8 M parameters), so that steps cost real compute."""
+    """The tiny pipeline with a wider UNet3D (4.94 M parameters), so that steps cost real compute."""
     pipe = testing.tiny_pipeline()
     pipe.unet = testing.tiny_unet3d(block_out_channels=(64, 128))
     return pipe

@@ -1,7 +1,7 @@
 """Generate a clip with one or more motion/subject adapters loaded into a text-to-video pipeline.
 
     python examples/generate_with_adapters.py --adapter user/pll out/sks-dog --weights 1.0 0.8 \
-        --prompt "a sks dog doing the pll" --out dog.gif
+        --prompt "a <sks> dog doing the pll" --out dog.gif
 """
 
 import argparse
