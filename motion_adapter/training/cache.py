@@ -8,9 +8,10 @@ the window at every step (the slow path, kept to measure what caching saves); th
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from ..format import atomic_save_tensors
 from .data import ClipExample, progress_options
 
 ENCODE_CHUNK = 8  # frames encoded at once: bounds the VAE's memory on long clips
@@ -44,8 +45,9 @@ class LatentStore:
             self.latents = [encode_frames(vae, example.frames) for example in _with_progress(examples)]
         elif mode == "disk":
             folder.mkdir(parents=True, exist_ok=True)
-            for i, example in enumerate(_with_progress(examples)):
-                save_file({"latents": encode_frames(vae, example.frames).contiguous()}, folder / f"{i}.safetensors")
+            for i, example in enumerate(_with_progress(examples)):  # atomic: every process of a run writes them
+                latents = encode_frames(vae, example.frames).contiguous()
+                atomic_save_tensors({"latents": latents}, folder / f"{i}.safetensors")
 
     def __len__(self) -> int:
         return len(self.frame_counts)

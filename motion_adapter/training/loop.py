@@ -6,7 +6,8 @@ set is given, one regularization clip, each with its own noise and timestep, the
 their sizes agree (an image and a clip take one each):
 loss = L(target) + reg_weight * L(reg),  where L = || model(x_t, c, t) - target ||^2 and the target follows the
 scheduler (epsilon, v or sample).
-Every step's randomness is seeded by (seed, step, process), so a resumed run repeats an uninterrupted one.
+Every step's randomness is seeded by (seed, step, process), so a resumed run repeats an uninterrupted one (under
+fp16 up to the loss scale, which restarts).
 It runs unchanged under `accelerate launch` with several processes; the main process writes the files.
 """
 
