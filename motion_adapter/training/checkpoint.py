@@ -41,6 +41,7 @@ def save_checkpoint(output_dir: Path, step: int, params: list[torch.Tensor], opt
         "step": step,
         "key": key,
         "param_groups": optimizer_state["param_groups"],
+        "optimizer_numbers": optimizer_numbers(optimizer),
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
     }
     final = checkpoint_dir(output_dir) / f"{PREFIX}{step:06d}"
@@ -65,6 +66,7 @@ def load_checkpoint(folder: Path, params: list[torch.Tensor], optimizer, schedul
         meta = json.loads((folder / "state.json").read_text())
         saved_key, step = dict(meta["key"]), int(meta["step"])
         param_groups, scheduler_state = meta["param_groups"], meta["scheduler"]
+        numbers = dict(meta.get("optimizer_numbers", {}))
     except (ValueError, KeyError, TypeError) as error:
         raise _damaged(folder, "state.json", error) from None
     differing = {k: (saved_key.get(k), v) for k, v in key.items() if saved_key.get(k) != v}
@@ -82,7 +84,8 @@ def load_checkpoint(folder: Path, params: list[torch.Tensor], optimizer, schedul
     with torch.no_grad():
         for param, value in zip(params, saved, strict=True):
             param.copy_(value)
-    optimizer.load_state_dict({"state": optimizer_moments(tensors, "optimizer."), "param_groups": param_groups})
+    state = optimizer_moments(tensors, "optimizer.", numbers)
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
     scheduler.load_state_dict({**scheduler.state_dict(), **scheduler_state})
     return step
 
@@ -95,19 +98,34 @@ def _damaged(folder: Path, name: str, error: Exception) -> ValueError:
 
 
 def optimizer_tensors(optimizer, prefix: str) -> dict[str, torch.Tensor]:
-    """An optimizer's per-parameter state as flat tensors, `{prefix}{index}.{name}` (safetensors holds no dicts)."""
+    """An optimizer's per-parameter tensors as flat tensors, `{prefix}{index}.{name}` (safetensors holds no dicts)."""
     return {
-        f"{prefix}{index}.{name}": torch.as_tensor(value).cpu().contiguous()
+        f"{prefix}{index}.{name}": value.detach().cpu().contiguous()
         for index, state in optimizer.state_dict()["state"].items()
         for name, value in state.items()
+        if isinstance(value, torch.Tensor)
     }
 
 
-def optimizer_moments(tensors: dict[str, torch.Tensor], prefix: str) -> dict[int, dict[str, torch.Tensor]]:
-    """The per-parameter state `optimizer_tensors` flattened, back as an optimizer state dict's "state"."""
+def optimizer_numbers(optimizer) -> dict[str, int | float]:
+    """An optimizer's per-parameter plain numbers, `{index}.{name}` (bitsandbytes keeps its step as an int, which
+    must come back an int, not a tensor)."""
+    return {
+        f"{index}.{name}": value
+        for index, state in optimizer.state_dict()["state"].items()
+        for name, value in state.items()
+        if not isinstance(value, torch.Tensor)
+    }
+
+
+def optimizer_moments(
+    tensors: dict[str, torch.Tensor], prefix: str, numbers: dict[str, int | float] | None = None
+) -> dict[int, dict]:
+    """The per-parameter state `optimizer_tensors` (and `optimizer_numbers`) flattened, back as an optimizer state
+    dict's "state"."""
+    flat = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
     state = {}
-    for key, value in tensors.items():
-        if key.startswith(prefix):
-            index, name = key[len(prefix) :].split(".", 1)
-            state.setdefault(int(index), {})[name] = value
+    for key, value in {**flat, **(numbers or {})}.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
     return state

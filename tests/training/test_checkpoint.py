@@ -56,3 +56,33 @@ def test_checkpoint_files_reach_the_disk_before_the_folder_is_renamed(tmp_path, 
     folder, _ = _checkpoint(tmp_path)
     assert sorted(synced) == [(".step-000001.partial", ".json"), (".step-000001.partial", ".safetensors")]
     assert sorted(p.name for p in folder.iterdir()) == ["state.json", "state.safetensors"]
+
+
+class _IntStepSGD(torch.optim.Optimizer):
+    """Keeps its per-parameter step as a plain int, as bitsandbytes' 8-bit optimizers do."""
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 0.1})
+
+    def step(self):
+        for group in self.param_groups:
+            for param in group["params"]:
+                state = self.state[param]
+                state["step"] = state.get("step", 0) + 1
+                state["momentum"] = param.grad.clone()
+                param.data -= group["lr"] * param.grad
+
+
+def test_an_optimizers_plain_numbers_come_back_as_numbers(tmp_path):
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = _IntStepSGD([param])
+    param.grad = torch.ones(3)
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    folder = save_checkpoint(tmp_path, 1, [param], optimizer, scheduler, KEY)
+    resumed = torch.nn.Parameter(torch.zeros(3))
+    again = _IntStepSGD([resumed])
+    load_checkpoint(folder, [resumed], again, torch.optim.lr_scheduler.LambdaLR(again, lambda step: 1.0), KEY)
+    state = again.state[resumed]
+    assert type(state["step"]) is int and state["step"] == 1
+    assert torch.equal(state["momentum"], torch.ones(3)) and torch.equal(resumed.detach(), param.detach())
