@@ -256,7 +256,9 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
     # not given to accelerate, which would step it once per process: the schedule counts optimizer steps
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
     trained_unet, optimizer = accelerator.prepare(unet, optimizer)
-    trained_text = accelerator.prepare(text_encoder) if embedding is not None else text_encoder
+    # the text encoder is not given to accelerate: a process whose captions lack the token this step would skip
+    # its forward and leave the others waiting; the learned rows' gradients are averaged by hand (`_share_rows`)
+    learned_rows = sorted(learned_ids)
 
     # 3. text embeddings of captions without learned tokens never change: encode them once
     text_cache = {}
@@ -266,7 +268,7 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
         if caption not in learning:  # tokenized once per caption, not at every step
             learning[caption] = embedding is not None and not learned_ids.isdisjoint(pipe.tokenizer(caption).input_ids)
         if learning[caption]:
-            return _encode_prompt(pipe.tokenizer, trained_text, caption, device)
+            return _encode_prompt(pipe.tokenizer, text_encoder, caption, device)
         if caption not in text_cache:
             with torch.no_grad():
                 text_cache[caption] = _encode_prompt(pipe.tokenizer, text_encoder, caption, device)
@@ -313,6 +315,8 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
                     loss = loss + _group_loss(trained_unet, noise_scheduler, group, text, weight_dtype)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
+                if embedding is not None and accelerator.num_processes > 1:
+                    _share_rows(accelerator, embedding, learned_rows)
                 accelerator.clip_grad_norm_(all_params, config.max_grad_norm)
             optimizer.step()
             if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:  # fp16: an inf skips
@@ -339,7 +343,6 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
     # written by the main process
     session.close()
     accelerator.unwrap_model(trained_unet, keep_fp32_wrapper=False)
-    accelerator.unwrap_model(trained_text, keep_fp32_wrapper=False)
     text_encoder.eval()
     for param in all_params:
         param.requires_grad_(False)
@@ -387,6 +390,14 @@ def _check_before_work(output_dir, **words: str | None) -> None:
             raise ValueError(f"{name}={word!r} is empty; give the word that prompts will use, such as 'pll'")
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise FileExistsError(f"output_dir {output_dir} is a file; give a folder for the adapter (it is created)")
+
+
+def _share_rows(accelerator: Accelerator, embedding: torch.Tensor, rows: list[int]) -> None:
+    """Average the learned rows' gradient over the processes, as DDP averages the denoiser's (zero where a process's
+    captions held no learned token)."""
+    grad = embedding.grad if embedding.grad is not None else torch.zeros_like(embedding)
+    grad[rows] = accelerator.reduce(grad[rows].contiguous(), reduction="mean")
+    embedding.grad = grad
 
 
 def _check_precision(pipe, config: TrainConfig) -> None:

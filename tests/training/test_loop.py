@@ -411,19 +411,24 @@ def test_config_checks_and_toml(tmp_path):
 
 
 def test_two_processes_under_accelerate_launch(tmp_path):
-    """The loop runs unchanged under `accelerate launch` with two CPU processes; the main one writes the adapter."""
+    """The loop runs unchanged under `accelerate launch` with two CPU processes; the main one writes the adapter.
+    A subject whose token is in some captions only trains in step too (it hung when a process drew none)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     clips = write_clips(tmp_path / "clips", 4)
+    photos = write_images(tmp_path / "photos", 4)
+    captions = ["a photo of a <sks> dog", "a photo of a dog"] * 2
+    lines = [json.dumps({"file_name": f"photo{i}.png", "text": text}) for i, text in enumerate(captions)]
+    (photos / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     accelerate = Path(sys.executable).parent / "accelerate"
     script = Path(__file__).parent / "two_process_train.py"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(script),
-               str(clips), str(tmp_path / "out")]  # fmt: skip
+               str(clips), str(tmp_path / "out"), str(photos)]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     marks = sorted(p.name for p in tmp_path.glob("process-*.json"))
@@ -435,6 +440,8 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     assert first["rates"] == second["rates"] == pytest.approx([1e-4, 2e-4, 2e-4, 1e-4])
     assert ma.inspect(tmp_path / "out").training["steps"] == 4
     testing.tiny_pipeline().load_motion_adapter(tmp_path / "out")
+    assert first["row"] == pytest.approx(second["row"], abs=1e-6)  # the learned row's gradient averaged too
+    assert ma.inspect(tmp_path / "subject").learned_tokens == ["<sks>"]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(pipe):
