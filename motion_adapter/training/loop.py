@@ -387,7 +387,7 @@ def _check_before_work(output_dir, **words: str | None) -> None:
     """Refuse at once what would otherwise fail only after training: an empty word, an output_dir that is a file."""
     for name, word in words.items():
         if word is not None and not word.strip():
-            raise ValueError(f"{name}={word!r} is empty; give the word that prompts will use, such as 'pll'")
+            raise ValueError(f"{name}={word!r} is empty; give the word that prompts will use")
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise FileExistsError(f"output_dir {output_dir} is a file; give a folder for the adapter (it is created)")
 
