@@ -120,7 +120,7 @@ def train_subject(
     The token's embedding and the layers of `subject_preset(config)` are trained. Images are one-frame clips,
     with the temporal layers bypassed (`config.bypass_temporal_on_images`: off for a base trained on video from the
     start, whose spatial layers never ran alone). With `motion_data` and `motion_token`, the paper's joint
-    schedule: the motion alone for `config.motion_first_steps` steps, then both, each step drawn from one of the
+    schedule: the motion alone for `config.motion_first` steps, then both, each step drawn from one of the
     two sets; one adapter ("motion+appearance" layers) carries both tokens.
     """
     config = config or TrainConfig()
@@ -143,7 +143,7 @@ def train_subject(
     def schedule(step: int) -> int:  # which target set this step draws from
         if not joint:
             return 0
-        return 0 if step < config.motion_first_steps or step % 2 == 0 else 1
+        return 0 if step < config.motion_first or step % 2 == 0 else 1
 
     return _run(
         pipe, config, Path(output_dir), accelerator,

@@ -44,6 +44,8 @@ def sample_timesteps(
     if mode == "cubic":
         u = torch.rand(n, generator=generator, dtype=torch.float64)
         return ((1.0 - u.pow(3)) * T).long().clamp(0, T - 1)
+    if n == 0:  # torch.multinomial refuses to draw none
+        return torch.zeros(0, dtype=torch.long)
     return torch.multinomial(timestep_weights(T, mode, alpha), n, replacement=True, generator=generator)
 
 

@@ -55,3 +55,10 @@ def test_a_toml_file_s_errors_name_the_file(tmp_path):
     typed.write_text('[train]\nrank = "8"\n')
     with pytest.raises(ValueError, match=r"typed\.toml: rank must be int, not '8' \(str\)"):
         TrainConfig.from_toml(typed)
+
+
+def test_a_joint_run_trains_the_motion_first_as_the_paper_does():
+    assert TrainConfig(max_train_steps=10).motion_first == 5  # by default the first half
+    assert TrainConfig(max_train_steps=10, motion_first_steps=0).motion_first == 0  # alternating from the start
+    with pytest.raises(ValueError, match="motion_first_steps must be >= 0"):
+        TrainConfig(motion_first_steps=-1)

@@ -48,6 +48,12 @@ def test_seeded_draws_repeat():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mode", ["uniform", "coarse", "fine", "cubic"])
+def test_none_drawn_is_an_empty_draw(mode):
+    drawn = sample_timesteps(0, mode=mode)
+    assert drawn.shape == (0,) and drawn.dtype == torch.long
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="uniform, coarse, fine, cubic"):
         sample_timesteps(1, mode="coarser")
