@@ -8,7 +8,7 @@ per module by `apply_mix`, so that loading a second adapter never switches the f
 import re
 import statistics
 import warnings
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 import torch
@@ -69,18 +69,28 @@ def inject(
     )
     wrapped = lora_layers(denoiser)
     fresh = sorted(name for name in ranks if name not in wrapped)
-    if fresh:
-        fresh_config = replace(config, target_modules="^(?:" + "|".join(map(re.escape, fresh)) + ")$")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            inject_adapter_in_model(fresh_config, denoiser, adapter_name=adapter_name, low_cpu_mem_usage=empty)
-    with init_empty_weights() if empty else nullcontext():
-        for name in ranks:
-            if name in wrapped:
-                wrapped[name].update_layer(adapter_name, ranks[name], alphas[name], config=config)
+    with _trainable_kept(denoiser):
+        if fresh:
+            fresh_config = replace(config, target_modules="^(?:" + "|".join(map(re.escape, fresh)) + ")$")
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                inject_adapter_in_model(fresh_config, denoiser, adapter_name=adapter_name, low_cpu_mem_usage=empty)
+        with init_empty_weights() if empty else nullcontext():
+            for name in ranks:
+                if name in wrapped:
+                    wrapped[name].update_layer(adapter_name, ranks[name], alphas[name], config=config)
     if not hasattr(denoiser, "peft_config"):
         denoiser.peft_config = {}
     denoiser.peft_config[adapter_name] = config
+
+
+@contextmanager
+def _trainable_kept(denoiser: nn.Module):
+    """peft freezes every adapter's tensors as it injects one or switches adapters: put back those that trained."""
+    trainable = [p for name, p in denoiser.named_parameters() if p.requires_grad and ".lora_" in name]
+    yield
+    for param in trainable:
+        param.requires_grad_(True)
 
 
 def get_state(denoiser: nn.Module, adapter_name: str) -> dict[str, LoraPair]:
@@ -108,11 +118,12 @@ def set_state(denoiser: nn.Module, adapter_name: str, modules: dict[str, LoraPai
 
 def apply_mix(denoiser: nn.Module, active: list[str], scale) -> None:
     """Activate `active` adapters in every layer, each at `scale(adapter, module_path)` times alpha / rank."""
-    for name, layer in lora_layers(denoiser).items():
-        present = [adapter for adapter in active if adapter in layer.lora_A]
-        layer.set_adapter(present, inference_mode=True)
-        for adapter in layer.lora_A:
-            layer.set_scale(adapter, scale(adapter, name) if adapter in present else 0.0)
+    with _trainable_kept(denoiser):
+        for name, layer in lora_layers(denoiser).items():
+            present = [adapter for adapter in active if adapter in layer.lora_A]
+            layer.set_adapter(present, inference_mode=True)
+            for adapter in layer.lora_A:
+                layer.set_scale(adapter, scale(adapter, name) if adapter in present else 0.0)
 
 
 def set_trainable(denoiser: nn.Module, adapter_name: str | None) -> list[nn.Parameter]:

@@ -10,6 +10,7 @@ or a dict of per-group numbers ({"temporal": 1.0, "spatial_kv": 0.6}; groups not
 
 import copy
 import math
+import numbers
 import re
 import shutil
 import warnings
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from . import adapter, hub
-from .constants import FORMAT_VERSION
+from .constants import FORMAT_VERSION, KINDS
 from .errors import AdapterStateError, IncompatibleAdapterError
 from .files import temporary_sibling
 from .format import AdapterFile, AdapterInfo, read_adapter, write_adapter
@@ -142,8 +143,9 @@ def save_motion_adapter(
     _check_not_fused(state, "save an adapter")
     modules = adapter.get_state(denoiser, adapter_name)
     info = replace(
-        entry.info, format_version=FORMAT_VERSION, training=training if training is not None else entry.info.training
-    )
+        entry.info, format_version=FORMAT_VERSION, training=training if training is not None else entry.info.training,
+        kind=entry.info.kind if entry.info.kind in KINDS else "motion",  # a LoRA made elsewhere ("lora") saved as ours
+    )  # fmt: skip
     embeddings = {token: _embedding_row(pipe, token) for token in entry.embeddings}
     output_dir = Path(output_dir)
     sample_name = None
@@ -257,6 +259,11 @@ def _check_fits(denoiser: nn.Module, loaded: AdapterFile, base_model: str | None
     where = info.path
     layers = lora_capable_modules(denoiser)
     for name, pair in loaded.modules.items():
+        if name not in layers and name in dict(denoiser.named_modules()):
+            raise IncompatibleAdapterError(
+                f"{where} adapts module {name}, which cannot carry a LoRA in {type(denoiser).__name__} (diffusers "
+                "calls it in a way a LoRA layer breaks); drop that module's tensors from the file to load the rest"
+            )
         if name not in layers:
             raise IncompatibleAdapterError(
                 f"{where} adapts module {name}, which {type(denoiser).__name__} does not have: the adapter was made "
@@ -467,7 +474,7 @@ def _check_not_fused(state: _MotionState, action: str) -> None:
 def _check_weight(adapter_name: str, weight: Weight, roles=None) -> None:
     values = weight.values() if isinstance(weight, dict) else [weight]
     for value in values:
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise AdapterStateError(f"weight {value!r} for adapter {adapter_name!r}: weights must be finite numbers")
     if isinstance(weight, dict) and roles is not None:
         unknown = set(weight) - set(roles)

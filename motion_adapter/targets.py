@@ -127,11 +127,16 @@ def known_presets(denoiser: nn.Module) -> list[str]:
 
 
 def lora_capable_modules(denoiser: nn.Module) -> dict[str, nn.Module]:
-    """Every leaf that can carry a LoRA, by path; layers that already carry one count as their base layer."""
+    """Every leaf that can carry a LoRA, by path; layers that already carry one count as their base layer. The
+    table's `unadaptable` modules of the denoiser's architecture are left out (a LoRA there breaks its forward)."""
+    arch = architecture_of(denoiser)
+    unadaptable = arch.unadaptable if arch is not None else None
     found = {}
     for name, module in denoiser.named_modules():
         if ".base_layer" in name or ".lora_" in name:
             continue  # the insides of a layer that already carries a LoRA
+        if unadaptable and re.search(unadaptable, name):
+            continue
         base = getattr(module, "base_layer", module)
         if isinstance(base, LORA_CAPABLE):
             found[name] = base
@@ -156,8 +161,6 @@ def resolve_targets(pipe_or_denoiser, preset: str = "motion") -> TargetSpec:
     arch = architecture_of(denoiser)
     class_name = type(denoiser).__name__
     candidates = lora_capable_modules(denoiser)
-    if arch is not None and arch.unadaptable:
-        candidates = {name: m for name, m in candidates.items() if not re.search(arch.unadaptable, name)}
     parts = preset.split("+")
     if any(part in arch_.presets for arch_ in ARCHITECTURES for part in parts):  # preset names, not a regex
         if arch is None:

@@ -74,6 +74,11 @@ def test_a_lora_saved_by_diffusers_loads_here(tmp_path):
     assert info.kind == "lora" and info.rank == 4 and info.alpha == 8.0  # rank and alpha from diffusers' header
     assert len(lora_layers(pipe.unet)) == len(state) // 2
     np.testing.assert_allclose(testing.generate(pipe), expected, atol=1e-5)
+    ours = ma.save_motion_adapter(pipe, name, tmp_path / "ours", dtype="float32")  # saved in this library's form
+    assert ma.inspect(ours).kind == "motion"
+    again = testing.tiny_animatediff_pipeline()
+    again.load_motion_adapter(ours)
+    np.testing.assert_allclose(testing.generate(again), expected, atol=1e-5)
     pipe.delete_motion_adapter(name)
     assert not lora_layers(pipe.unet)
     assert torch.equal(pipe.unet.conv_in.weight, testing.tiny_animatediff_pipeline().unet.conv_in.weight)
@@ -87,3 +92,16 @@ def test_a_lora_without_alpha_warns_that_it_loads_at_scale_one(tmp_path):
     )
     with pytest.warns(UserWarning, match="records no LoRA alpha"):
         testing.tiny_animatediff_pipeline().load_motion_adapter(tmp_path / "bare")
+
+
+def test_a_lora_on_a_layer_that_cannot_carry_one_is_refused_on_loading(tmp_path):
+    made_elsewhere = testing.tiny_animatediff_pipeline()
+    projections = r".*motion_modules\.\d+\.proj_in"
+    made_elsewhere.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=projections, init_lora_weights=False))
+    state, metadata = get_peft_model_state_dict(made_elsewhere.unet), made_elsewhere.unet.peft_config["default"]
+    AnimateDiffPipeline.save_lora_weights(tmp_path / "proj", unet_lora_layers=state,
+                                          unet_lora_adapter_metadata=metadata.to_dict())
+    pipe = testing.tiny_animatediff_pipeline()
+    with pytest.raises(ma.IncompatibleAdapterError, match=r"motion_modules\.0\.proj_in, which cannot carry a LoRA"):
+        pipe.load_motion_adapter(tmp_path / "proj")
+    assert not lora_layers(pipe.unet)

@@ -31,6 +31,20 @@ def test_only_selected_modules_get_lora_and_only_they_train(pipe):
     assert with_grad == trainable
 
 
+def test_loading_or_mixing_leaves_a_trainable_adapter_trainable(pipe, adapter_dir):
+    ma.add_motion_adapter(pipe, "mine", rank=4, token="mine")
+    trainable = {name for name, p in pipe.unet.named_parameters() if p.requires_grad}
+    pipe.load_motion_adapter(adapter_dir)  # another adapter beside the one being trained
+    pipe.set_motion_adapters(["mine", "pll"], [1.0, 0.5])
+    assert trainable and {name for name, p in pipe.unet.named_parameters() if p.requires_grad} == trainable
+
+
+def test_weights_are_real_numbers_of_any_kind_but_bools(pipe, adapter_dir):
+    pipe.load_motion_adapter(adapter_dir, weight=np.float32(0.5))
+    with pytest.raises(ma.AdapterStateError, match="weights must be finite numbers"):
+        pipe.set_motion_adapters(["pll"], [True])
+
+
 def test_fresh_adapter_is_identity_and_trained_one_changes_output(pipe, base_frames):
     ma.add_motion_adapter(pipe, "pll", rank=4)
     np.testing.assert_array_equal(testing.generate(pipe), base_frames)
