@@ -59,6 +59,7 @@ class _MotionState:
     base_requires_grad: dict[str, bool] = field(default_factory=dict)
     base_tokenizer: object = None  # a copy taken before the first learned token was added
     base_vocab_size: int = 0
+    added_tokens: set = field(default_factory=set)  # the learned tokens this library added since that copy
 
 
 def _state(pipe) -> _MotionState:
@@ -516,6 +517,12 @@ def _add_tokens(pipe, state: _MotionState, embeddings: dict[str, torch.Tensor]) 
     if state.base_tokenizer is None:
         state.base_tokenizer = copy.deepcopy(pipe.tokenizer)
         state.base_vocab_size = pipe.text_encoder.get_input_embeddings().num_embeddings
+    state.added_tokens.update(embeddings)
+    _append_tokens(pipe, embeddings)
+
+
+def _append_tokens(pipe, embeddings: dict[str, torch.Tensor]) -> None:
+    """Add tokens to the tokenizer and their rows to the text encoder's input embeddings."""
     pipe.tokenizer.add_tokens(list(embeddings))
     pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)
     table = pipe.text_encoder.get_input_embeddings().weight
@@ -531,8 +538,17 @@ def _rebuild_tokens(pipe, state: _MotionState) -> None:
     for entry in state.adapters.values():  # keep the rows as they are now (training may have changed them)
         entry.embeddings = {token: _embedding_row(pipe, token) for token in entry.embeddings}
     remaining = {token: row for entry in state.adapters.values() for token, row in entry.embeddings.items()}
+    base_vocab = state.base_tokenizer.get_vocab()
+    others = {  # tokens added since by someone else (textual inversion): kept, with their rows
+        token: _embedding_row(pipe, token)
+        for token in pipe.tokenizer.get_vocab()
+        if token not in base_vocab and token not in state.added_tokens
+    }
     pipe.tokenizer = copy.deepcopy(state.base_tokenizer)
     pipe.text_encoder.resize_token_embeddings(state.base_vocab_size, mean_resizing=False)
+    if others:
+        _append_tokens(pipe, others)
+    state.added_tokens.clear()
     if remaining:
         _add_tokens(pipe, state, remaining)
     else:

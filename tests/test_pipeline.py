@@ -198,6 +198,23 @@ def test_a_word_the_tokenizer_has_is_refused_with_the_fix_for_learning_or_loadin
         pipe.load_motion_adapter(path)
 
 
+def test_a_token_added_by_someone_else_outlives_the_adapters(tmp_path, pipe):
+    source = testing.tiny_pipeline()
+    ma.add_motion_adapter(source, "dog", preset="appearance", rank=4, kind="subject")
+    ma.learn_token(source, "dog", "<sks>", init_from="dog")
+    pipe.load_motion_adapter(ma.save_motion_adapter(source, "dog", tmp_path / "dog"))
+    pipe.tokenizer.add_tokens(["<toy>"])  # a textual inversion loaded after the adapter
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer), mean_resizing=False)
+    table = pipe.text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        table[pipe.tokenizer.convert_tokens_to_ids("<toy>")] = 0.25
+    pipe.delete_motion_adapter("dog")
+    vocab = pipe.tokenizer.get_vocab()
+    assert "<sks>" not in vocab and "<toy>" in vocab
+    row = pipe.text_encoder.get_input_embeddings().weight[vocab["<toy>"]]
+    assert torch.all(row == 0.25)
+
+
 # ---------------------------------------------------------------- bad input leaves the pipeline as it was
 
 
