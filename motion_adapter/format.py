@@ -247,14 +247,11 @@ def read_info(path: str | os.PathLike) -> AdapterInfo:
     """Read only the header of an adapter: cheap, no tensors are loaded."""
     weights, embeddings = adapter_files(path)
     metadata, shapes = _read_header(weights)
-    ranks, num_params = {}, 0
-    for key, shape in shapes.items():
-        if key.startswith(EMBEDDING_KEY_PREFIX):
-            continue
-        module, part = _split_key(weights, key)
-        num_params += math.prod(shape) if part != "alpha" else 0
-        if part == "down":
-            ranks[module] = shape[0]
+    modules = _group_keys(weights, [key for key in shapes if not key.startswith(EMBEDDING_KEY_PREFIX)])
+    ranks = {module: shapes[keys["down"]][0] for module, keys in modules.items() if "down" in keys}
+    num_params = sum(
+        math.prod(shapes[key]) for keys in modules.values() for part, key in keys.items() if part != "alpha"
+    )
     return _info(path, weights, embeddings, metadata, ranks, num_params)
 
 
@@ -319,12 +316,12 @@ def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 _LORA_KEY = re.compile(
     r"^(?:(?P<component>unet|transformer)\.)?(?:base_model\.model\.)?(?P<module>.+?)\."
-    r"(?:(?P<part>lora_A|lora_B)(?:\.[^.]+)?\.weight|lora\.(?P<old>down|up)\.weight|(?P<alpha>alpha))$"
+    r"(?:(?P<part>lora_A|lora_B)(?:\.(?P<adapter>[^.]+))?\.weight|lora\.(?P<old>down|up)\.weight|(?P<alpha>alpha))$"
 )
 
 
-def _split_key(file: Path, key: str) -> tuple[str, str]:
-    """(module path, "down" | "up" | "alpha") of one tensor key, in any of the accepted key forms."""
+def _split_key(file: Path, key: str) -> tuple[str, str, str | None]:
+    """(module path, "down" | "up" | "alpha", peft's adapter name or None) of one tensor key, in any accepted form."""
     if key.startswith(("text_encoder.", "text_encoder_2.")):
         raise AdapterFormatError(
             f"{file} holds text-encoder LoRA weights ({key}); motion_adapter adapts only the denoiser"
@@ -333,7 +330,31 @@ def _split_key(file: Path, key: str) -> tuple[str, str]:
     if match is None:
         raise AdapterFormatError(f"{file}: tensor {key!r} is not a LoRA weight of a known key form")
     part = match["part"] or match["old"] or "alpha"
-    return match["module"], {"lora_A": "down", "lora_B": "up"}.get(part, part)
+    return match["module"], {"lora_A": "down", "lora_B": "up"}.get(part, part), match["adapter"]
+
+
+def _group_keys(file: Path, keys: list[str]) -> dict[str, dict[str, str]]:
+    """module path -> {"down" | "up" | "alpha": tensor key}; refuses a file of several adapters, or a tensor twice."""
+    split = [(key, *_split_key(file, key)) for key in keys]
+    first_module = {}  # peft's adapter name -> the first module it holds
+    for _, module, _, adapter in split:
+        if adapter is not None:
+            first_module.setdefault(adapter, module)
+    if len(first_module) > 1:
+        found = ", ".join(f"{adapter!r} on {module}" for adapter, module in first_module.items())
+        raise AdapterFormatError(
+            f"{file} holds {len(first_module)} LoRA adapters ({found}); motion_adapter reads one adapter per file. "
+            "Save each adapter to its own file, e.g. get_peft_model_state_dict(model, adapter_name=...)"
+        )
+    modules: dict[str, dict[str, str]] = {}
+    for key, module, part, _ in split:
+        if part in modules.setdefault(module, {}):
+            raise AdapterFormatError(
+                f"{file}: module {module} has two {part} tensors ({modules[module][part]!r} and {key!r}), in two "
+                "key forms; keep one of them"
+            )
+        modules[module][part] = key
+    return modules
 
 
 def _is_int(value) -> bool:
@@ -413,27 +434,47 @@ def _diffusers_config(metadata: dict[str, str]) -> dict:
 
 
 def _alpha_lookup(file: Path, metadata: dict[str, str]):
-    """A function (module, rank) -> alpha: the header's pattern or global alpha; a file without one gets
-    alpha = rank."""
+    """A function (module, rank) -> alpha giving the scale alpha / rank that peft gives the module: the header's
+    `alpha_pattern` or global alpha, times sqrt(rank) under `use_rslora`; a file without one gets alpha = rank."""
     header = _header(file, metadata)
     config = _diffusers_config(metadata)
     pattern = config.get("alpha_pattern") or {}
+    regexes = _pattern_regexes(file, pattern)
     default = header.get("alpha") if header is not None else config.get("lora_alpha")  # a header without: refused later
+    rslora = bool(config.get("use_rslora"))
 
     def alpha(module: str, rank: int) -> float:
-        return float(pattern.get(module, default if default is not None else rank))
+        # peft's get_pattern_key: the first key matching the end of the path wins; with none, the path itself is a key
+        key = next((key for key, regex in regexes.items() if regex.match(module)), module)
+        value = pattern.get(key, default)
+        if value is None:
+            return float(rank)
+        return float(value) * math.sqrt(rank) if rslora else float(value)
 
     return alpha
 
 
+def _pattern_regexes(file: Path, pattern) -> dict[str, re.Pattern]:
+    """peft's `alpha_pattern` keys, each compiled as the regex peft matches the end of a module path with."""
+    if not isinstance(pattern, dict) or not all(_is_int(v) or isinstance(v, float) for v in pattern.values()):
+        raise AdapterFormatError(
+            f"{file}: the {DIFFUSERS_METADATA_KEY!r} header's alpha_pattern is {pattern!r:.80}, not an object of "
+            "numbers; save the LoRA again"
+        )
+    try:
+        return {key: re.compile(rf"(.*\.)?({key})$") for key in pattern}
+    except re.error as error:
+        raise AdapterFormatError(
+            f"{file}: the {DIFFUSERS_METADATA_KEY!r} header's alpha_pattern holds an invalid regex ({error}); "
+            "fix the pattern or save the LoRA again"
+        ) from None
+
+
 def _parse_lora(file: Path, tensors: dict[str, torch.Tensor], alpha_of) -> dict[str, LoraPair]:
     """Group tensors into one LoraPair per module and check that each pair is whole and finite."""
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        module, part = _split_key(file, key)
-        parts.setdefault(module, {})[part] = tensor
     modules = {}
-    for name, found in sorted(parts.items()):
+    for name, keys in sorted(_group_keys(file, list(tensors)).items()):
+        found = {part: tensors[key] for part, key in keys.items()}
         if "down" not in found or "up" not in found:
             missing = "lora_A (down)" if "down" not in found else "lora_B (up)"
             raise AdapterFormatError(f"{file}: module {name} has no {missing} tensor; the file is incomplete")

@@ -1,14 +1,19 @@
 import json
 
+import numpy as np
 import pytest
 import torch
+from diffusers import AnimateDiffPipeline
+from peft import LoraConfig, inject_adapter_in_model
+from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import motion_adapter as ma
 from motion_adapter import format as fmt
+from motion_adapter.adapter import lora_layers
 from motion_adapter.constants import CARD_MARKER, DIFFUSERS_METADATA_KEY, FORMAT_VERSION, HEADER_KEY, WEIGHTS_NAME
-from motion_adapter.testing import tiny_pipeline
+from motion_adapter.testing import generate, tiny_animatediff_pipeline, tiny_pipeline
 
 from .conftest import make_adapter
 
@@ -254,3 +259,62 @@ def test_header_fields_of_the_wrong_type_are_refused(tmp_path, field, value, exp
     for read in (ma.inspect, fmt.read_adapter):
         with pytest.raises(ma.AdapterFormatError, match=message):
             read(folder)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"alpha_pattern": {"to_v": 2}},  # a key is matched against the end of the module path
+        {"alpha_pattern": {r"motion_modules\.\d+\.transformer_blocks\.0\.attn1\.to_v": 2, "to_v": 16}},  # 1st wins
+        {"use_rslora": True, "rank_pattern": {"to_k": 2}},  # scale alpha / sqrt(rank)
+        {"use_rslora": True, "alpha_pattern": {"attn2.to_v": 3}},
+    ],
+)
+def test_a_foreign_loras_alpha_pattern_and_rslora_load_as_diffusers_loads_them(tmp_path, config):
+    made_elsewhere = tiny_animatediff_pipeline()
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["to_k", "to_v"], init_lora_weights=False, **config)
+    made_elsewhere.unet.add_adapter(lora)
+    state, metadata = get_peft_model_state_dict(made_elsewhere.unet), made_elsewhere.unet.peft_config["default"]
+    AnimateDiffPipeline.save_lora_weights(tmp_path / "foreign", unet_lora_layers=state,
+                                          unet_lora_adapter_metadata=metadata.to_dict())  # fmt: skip
+    scales = {name: layer.scaling["default"] for name, layer in lora_layers(made_elsewhere.unet).items()}
+    loaded = fmt.read_adapter(tmp_path / "foreign").modules
+    assert {name: pair.alpha / pair.rank for name, pair in loaded.items()} == pytest.approx(scales)
+    assert len(set(scales.values())) > 1
+    native = tiny_animatediff_pipeline()
+    native.load_lora_weights(tmp_path / "foreign", adapter_name="x")
+    ours = tiny_animatediff_pipeline()
+    ours.load_motion_adapter(tmp_path / "foreign")
+    np.testing.assert_allclose(generate(ours), generate(native), atol=1e-5)
+
+
+def test_an_alpha_pattern_that_is_not_a_regex_of_numbers_is_refused(tmp_path):
+    tensors = {"unet.a.to_v.lora_A.weight": torch.ones(2, 3), "unet.a.to_v.lora_B.weight": torch.ones(5, 2)}
+    for pattern, message in [({"to_v(": 2}, "invalid regex"), ({"to_v": "2"}, "not an object of numbers")]:
+        metadata = {DIFFUSERS_METADATA_KEY: json.dumps({"unet.lora_alpha": 8, "unet.alpha_pattern": pattern})}
+        save_file(tensors, tmp_path / "bad.safetensors", metadata=metadata)
+        with pytest.raises(ma.AdapterFormatError, match=f"bad.safetensors: .*alpha_pattern.*{message}"):
+            fmt.read_adapter(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config`:UserWarning")
+def test_a_file_holding_two_peft_adapters_is_refused(tmp_path):
+    unet = tiny_pipeline().unet
+    for name in ("one", "two"):
+        inject_adapter_in_model(LoraConfig(r=2, target_modules=["to_q"]), unet, adapter_name=name)
+    save_file({key: value for key, value in unet.state_dict().items() if ".lora_" in key}, tmp_path / "two.safetensors")
+    message = (
+        r"two.safetensors holds 2 LoRA adapters \('one' on (\S+\.to_q), 'two' on \1\); .*one adapter per file.*"
+        r"get_peft_model_state_dict\(model, adapter_name=\.\.\.\)"
+    )
+    for read in (ma.inspect, fmt.read_adapter):
+        with pytest.raises(ma.AdapterFormatError, match=message):
+            read(tmp_path / "two.safetensors")
+
+
+def test_a_module_in_two_key_forms_is_refused(tmp_path):
+    tensors = {"a.lora.down.weight": torch.ones(2, 3), "a.lora.up.weight": torch.ones(5, 2),
+               "unet.a.lora_A.weight": torch.zeros(2, 3), "unet.a.lora_B.weight": torch.zeros(5, 2)}  # fmt: skip
+    save_file(tensors, tmp_path / "mixed.safetensors")
+    with pytest.raises(ma.AdapterFormatError, match=r"mixed.safetensors: module a has two down tensors"):
+        fmt.read_adapter(tmp_path / "mixed.safetensors")
