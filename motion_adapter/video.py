@@ -7,6 +7,7 @@ written to a temporary file next to its destination, then moved into place, so a
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -23,6 +24,7 @@ from .files import temporary_sibling
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 WRITE_SUFFIXES = (".gif", ".mp4")
+GIF_FPS = (100 / 65535, 50.0)  # the rates a GIF's 16-bit delays in 1/100 s hold, players slowing delays under 2
 
 # MP4 encoders tried in order; the first one the installed PyAV/FFmpeg build can encode with is used.
 MP4_CODECS = ("h264", "mpeg4")
@@ -69,7 +71,8 @@ def _decode_with_pyav(path: Path, *, default_fps: float) -> tuple[np.ndarray, fl
                 raise VideoReadError(f"{path} holds no video stream: it is not a clip; {fix}.")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            rate = stream.guessed_rate or stream.average_rate
+            # a GIF keeps no rate, only delays in 1/100 s: FFmpeg's guess at one would override the measured rate
+            rate = None if container.format.name == "gif" else stream.guessed_rate or stream.average_rate
             declared = stream.frames  # from the container's index; 0 where it keeps none (GIF, WebM)
             frames, times = [], []
             for frame in container.decode(stream):
@@ -97,6 +100,8 @@ def _decode_with_pyav(path: Path, *, default_fps: float) -> tuple[np.ndarray, fl
     if len(frames) > 1 and None not in times and all(a < b for a, b in zip(times, times[1:])):
         index, fps = even_time_grid(times, last_duration=last_duration, nominal_fps=nominal)
         return np.stack(frames)[index], fps
+    if nominal is None and last_duration:
+        nominal = 1.0 / last_duration  # a GIF's one frame: its delay
     if nominal is None:
         warnings.warn(f"{path} records no frame rate; assuming default_fps={default_fps}.", stacklevel=3)
     return np.stack(frames), nominal or float(default_fps)
@@ -187,15 +192,19 @@ def as_uint8_frames(frames) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim == 5 and frames.shape[0] == 1:
         frames = frames[0]  # (1, f, h, w, 3) -> (f, h, w, 3)
-    if frames.ndim != 4 or frames.shape[-1] != 3:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(
-            f"Expected one RGB clip shaped (frames, height, width, 3), got shape {frames.shape}; for a batch "
-            "from a pipeline pass `output.frames[0]`."
+            f"Expected one RGB clip shaped (frames, height, width, 3), at least one frame, got shape {frames.shape}; "
+            "for a batch from a pipeline pass `output.frames[0]`."
         )
     if frames.dtype == np.uint8:
         return frames
     if not np.issubdtype(frames.dtype, np.floating):
         raise ValueError(f"Expected uint8 or float frames, got dtype {frames.dtype}.")
+    if not np.isfinite(frames).all():
+        raise ValueError(
+            "The frames hold NaN or infinite values (often a half-precision overflow in generation): nothing to write."
+        )
     low, high = float(frames.min()), float(frames.max())
     if low < -1e-3 or high > 1 + 1e-3:
         raise ValueError(
@@ -218,8 +227,13 @@ def write_video(path: str | os.PathLike, frames, *, fps: float = 8) -> Path:
     if suffix not in WRITE_SUFFIXES:
         supported = ", ".join(WRITE_SUFFIXES)
         raise ValueError(f"Cannot write {path}: unsupported suffix {path.suffix!r}. Supported: {supported}.")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}.")
+    if not 0 < fps < math.inf:
+        raise ValueError(f"fps must be a positive number, got {fps}.")
+    if suffix == ".gif" and not GIF_FPS[0] <= fps <= GIF_FPS[1]:
+        raise ValueError(
+            f"A GIF stores frame delays in 1/100 s and players slow delays under 2/100 s: fps={fps:g} is outside "
+            f"[{GIF_FPS[0]:g}, {GIF_FPS[1]:g}]; write .mp4 for this rate."
+        )
     frames = as_uint8_frames(frames)
     writer = _write_gif if suffix == ".gif" else _write_mp4
     with temporary_sibling(path) as tmp:

@@ -98,6 +98,29 @@ def test_write_accepts_pipeline_float_output(tmp_path):
         write_video(tmp_path / "bad.gif", batch[0] * 2 - 1)
     with pytest.raises(ValueError, match=r"frames\[0\]"):
         write_video(tmp_path / "bad.gif", np.concatenate([batch, batch]))
+    with pytest.raises(ValueError, match="NaN or infinite"):  # a half-precision overflow, not a black clip
+        write_video(tmp_path / "bad.gif", np.full_like(batch, np.nan))
+    with pytest.raises(ValueError, match="at least one frame"):
+        write_video(tmp_path / "bad.gif", batch[:, :0])
+    assert not (tmp_path / "bad.gif").exists()
+
+
+@pytest.mark.parametrize("frames, fps", [(24, 24), (9, 30), (12, 12)])  # delays that add up to whole 1/100 s
+def test_a_gifs_rate_is_read_from_its_delays(tmp_path, frames, fps):
+    """Not FFmpeg's guess at a rate, which a GIF does not store (24 fps read back as 23.976)."""
+    clip = np.repeat(moving_square(), 3, axis=0)[:frames]
+    assert read_video(write_video(tmp_path / "clip.gif", clip, fps=fps))[1] == pytest.approx(fps, rel=1e-9)
+
+
+def test_a_one_frame_gif_reads_at_its_delay(tmp_path):
+    _, fps = read_video(write_video(tmp_path / "still.gif", moving_square(1), fps=8))
+    assert fps == pytest.approx(8, rel=0.1)  # its delay, 13/100 s, and not FFmpeg's 100 fps
+
+
+@pytest.mark.parametrize("fps", [60, 0.001, float("nan"), float("inf"), 0])
+def test_a_rate_the_file_cannot_hold_is_refused(tmp_path, fps):
+    with pytest.raises(ValueError, match="fps"):
+        write_video(tmp_path / "clip.gif", moving_square(), fps=fps)
 
 
 def test_write_unknown_suffix_lists_supported(tmp_path):
