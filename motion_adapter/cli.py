@@ -65,8 +65,9 @@ def _train_subject(args) -> int:
 
 def _generate(args) -> int:
     from .pipeline import generate, load_motion_adapter
-    from .video import write_video
+    from .video import check_writable, write_video
 
+    check_writable(Path(args.out), args.fps)  # before minutes of loading and sampling
     pipe = _load_base(args.base)
     for spec in args.adapter:
         source, weight = split_weight(spec)

@@ -223,6 +223,16 @@ def write_video(path: str | os.PathLike, frames, *, fps: float = 8) -> Path:
     The file is written next to its destination under a temporary name and moved into place.
     """
     path = Path(path)
+    check_writable(path, fps)
+    frames = as_uint8_frames(frames)
+    writer = _write_gif if path.suffix.lower() == ".gif" else _write_mp4
+    with temporary_sibling(path) as tmp:
+        writer(tmp, frames, fps=fps)
+    return path
+
+
+def check_writable(path: Path, fps: float) -> None:
+    """Refuse a file `write_video` cannot write: another suffix, or a rate the format cannot hold."""
     suffix = path.suffix.lower()
     if suffix not in WRITE_SUFFIXES:
         supported = ", ".join(WRITE_SUFFIXES)
@@ -234,11 +244,6 @@ def write_video(path: str | os.PathLike, frames, *, fps: float = 8) -> Path:
             f"A GIF stores frame delays in 1/100 s and players slow delays under 2/100 s: fps={fps:g} is outside "
             f"[{GIF_FPS[0]:g}, {GIF_FPS[1]:g}]; write .mp4 for this rate."
         )
-    frames = as_uint8_frames(frames)
-    writer = _write_gif if suffix == ".gif" else _write_mp4
-    with temporary_sibling(path) as tmp:
-        writer(tmp, frames, fps=fps)
-    return path
 
 
 def _write_gif(path: Path, frames: np.ndarray, *, fps: float) -> None:

@@ -190,3 +190,11 @@ def test_a_base_folder_that_is_no_pipeline_is_one_clear_line(tmp_path, monkeypat
         assert main(["generate", "--base", base, "--prompt", "a dog doing the pll"]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"motion-adapter generate: base {base} {problem}") and "holds model_index.json" in err
+
+
+def test_generate_refuses_a_gif_rate_before_loading_anything(monkeypatch, capsys):
+    from motion_adapter import cli
+
+    monkeypatch.setattr(cli, "_load_base", lambda *a, **k: pytest.fail("the base was loaded before the check"))
+    assert main(["generate", "--prompt", "a dog doing the pll", "--fps", "60", "--out", "clip.gif"]) == 2
+    assert "fps=60 is outside" in capsys.readouterr().err
