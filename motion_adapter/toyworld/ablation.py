@@ -202,21 +202,24 @@ def run_ablation(
     """
     started = time.perf_counter()
     preset = QUICK if quick else FULL
-    motions = list(motions or preset["motions"])
+    motions = list(motions if motions is not None else preset["motions"])
     seeds = list(seeds if seeds is not None else preset["seeds"])
     grid = select_grid(variants if variants is not None else preset["variants"])
-    for motion in motions:
-        if motion not in HELD_OUT_MOTIONS:
-            raise ValueError(f"the ablation teaches motions the base never saw: {', '.join(HELD_OUT_MOTIONS)}")
+    if not motions or any(motion not in HELD_OUT_MOTIONS for motion in motions):
+        raise ValueError(f"the ablation teaches motions the base never saw: some of {', '.join(HELD_OUT_MOTIONS)}")
     if not seeds:
         raise ValueError("give at least one seed")
     s = _Settings(
         out=Path(output_dir),
-        steps=steps or preset["steps"],
-        prompts_per_run=prompts_per_run or preset["prompts_per_run"],
-        prior_prompts=prior_prompts or preset["prior_prompts"],
+        steps=steps if steps is not None else preset["steps"],
+        prompts_per_run=prompts_per_run if prompts_per_run is not None else preset["prompts_per_run"],
+        prior_prompts=prior_prompts if prior_prompts is not None else preset["prior_prompts"],
         pipe_factory=pipe_factory or load_pipeline,
     )
+    for name in ("steps", "prompts_per_run", "prior_prompts"):
+        if getattr(s, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(s, name)}")
+    new_appearance_prompts(s.prompts_per_run)  # refuses more than the world has, before any work
     s.base = _weights_digest(s.pipe_factory())
     workers = workers or os.cpu_count() or 1
     results = {

@@ -359,11 +359,13 @@ def evaluate(
         (None: copy_score is None).
     """
     clips = _check_clips(clips)
+    if isinstance(prompts, str):
+        raise ValueError("prompts: a list of prompts, one per clip, not one string")
     prompts = list(prompts)
     if len(prompts) != len(clips):
         raise ValueError(f"one prompt per clip: got {len(clips)} clips and {len(prompts)} prompts")
     asked = [parse_caption(prompt, tokens) for prompt in prompts]  # every prompt checked before any work
-    copies = None if training_appearances is None else set(map(tuple, training_appearances))
+    copies = None if training_appearances is None else _check_appearances(training_appearances)
     results = []
     for clip, prompt, (shape, color, motion) in zip(clips, prompts, asked):
         found = classify(clip)
@@ -378,6 +380,15 @@ def evaluate(
         appearance_accuracy=_fraction(all(oks) for oks in appearance if oks),
         copy_score=None if copies is None else _copy_score(results, copies),
     )
+
+
+def _check_appearances(pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The training appearances as a set of (shape, color), each name checked (the order is easy to swap)."""
+    pairs = set(map(tuple, pairs))
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] not in SHAPES + HELD_OUT_SHAPES or pair[1] not in COLORS:
+            raise ValueError(f"training_appearances holds {pair!r}; give (shape, color) pairs, e.g. ('circle', 'red')")
+    return pairs
 
 
 def prior_preservation(adapted_report: EvaluationReport, base_report: EvaluationReport) -> float:

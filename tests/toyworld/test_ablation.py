@@ -71,6 +71,19 @@ def test_the_command_line_calls_the_ablation():
     assert args.run is _ablate and args.quick and args.out == "x"
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [({"steps": 0}, "steps must be at least 1"), ({"prior_prompts": 0}, "prior_prompts must be at least 1"),
+     ({"motions": []}, "motions the base never saw"), ({"prompts_per_run": 999}, "ask for at most that many")],
+)
+def test_a_grid_that_cannot_run_is_refused_before_any_work(tmp_path, options, message):
+    def no_base():
+        pytest.fail("the base was loaded before the check")
+
+    with pytest.raises(ValueError, match=message):  # 0 or [] once ran the full grid's value
+        ablation.run_ablation(tmp_path, quick=True, pipe_factory=no_base, **options)
+
+
 def test_jobs_run_lowest_rank_first_and_start_the_jobs_they_unlock(tmp_path):
     for workers in (1, 2):
         finished = []

@@ -146,9 +146,17 @@ def test_prior_preservation_is_the_motion_accuracy_difference_in_points():
         (np.zeros((8, 32, 32, 3), np.uint8), ["a red circle"], "one clip"),
         ([np.zeros((8, 32, 32, 3), np.uint8)], ["a red circle", "a red square"], "one prompt per clip"),
         ([np.zeros((8, 32, 32, 3), np.uint8)], ["a red blob"], "not a shape"),
+        ([np.zeros((8, 32, 32, 3), np.uint8)], "a red circle", "not one string"),
         ([], [], "no clips"),
     ],
 )
 def test_evaluate_refuses_bad_input(clips, prompts, match):
     with pytest.raises(ValueError, match=match):
         toyworld.evaluate(clips, prompts)
+
+
+@pytest.mark.parametrize("pair", [("blue", "square"), ("hexagon", "red"), ("square",)])
+def test_training_appearances_are_shape_color_pairs(pair):
+    clip = toyworld.render("square", "blue", "left", seed=0)
+    with pytest.raises(ValueError, match=r"give \(shape, color\) pairs"):
+        toyworld.evaluate([clip], ["a blue square moving left"], training_appearances=[pair])
