@@ -145,12 +145,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"No image at {path}: check the path.")
     try:
         with Image.open(path) as image:
-            return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+            return _to_rgb8(ImageOps.exif_transpose(image))
     except OSError as err:  # PIL.UnidentifiedImageError and truncated files are OSErrors
         raise VideoReadError(
             f"Could not read image {path} ({err}); re-save it as PNG (e.g. `ffmpeg -i {path.name} fixed.png`) "
             "or remove it."
         ) from err
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    """uint8 RGB of an image of any mode; 16-bit greys are scaled down, where Pillow's convert would clip them."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        grey = np.round(values * 255.0 / 65535.0).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.array(image.convert("RGB"))
 
 
 def _read_frame_folder(folder: Path) -> np.ndarray:

@@ -208,6 +208,12 @@ def test_read_image_applies_exif_rotation(tmp_path):
     assert read_image(tmp_path / "phone.jpg").shape == (20, 10, 3)
 
 
+def test_a_16_bit_grey_image_is_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.full((4, 6), 32768, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    frame = read_image(tmp_path / "grey16.png")
+    assert frame.shape == (4, 6, 3) and frame.dtype == np.uint8 and np.all(frame == 128)  # mid-grey, not white
+
+
 def test_save_grid_still_and_animation(tmp_path):
     base, custom = moving_square(), moving_square(num_frames=5)
     save_grid(tmp_path / "grid.png", [base, custom], labels=["base", "customized"], num_columns=4)
