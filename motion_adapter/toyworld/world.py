@@ -374,6 +374,10 @@ def render(
     _check_name("color", color, COLORS)
     if background is not None:
         _check_name("background", background, BACKGROUNDS)
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size is the clip's side in pixels, a whole number >= 1 (the world's: {SIZE}); got {size!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
     poses = trajectory(motion, seed=seed, num_frames=num_frames)
     if background is None:
         background = BACKGROUNDS[np.random.default_rng([seed, 1]).integers(len(BACKGROUNDS))]

@@ -143,6 +143,9 @@ def test_centres_outside_the_canvas_are_clipped_to_its_edge():
         (("circle", "red", lambda u: (0.5, 0.5)), {}, "four"),
         (("circle", "red", lambda u: (0.5, 0.5, 0.0, 0.0)), {}, "scale"),
         (("circle", "red", "left"), {"num_frames": 1}, "2 frames"),
+        (("circle", "red", "left"), {"size": 0}, "size is the clip's side"),
+        (("circle", "red", "left"), {"seed": None}, "seed must be a whole number"),
+        (("circle", "red", "left"), {"seed": -1}, "seed must be a whole number"),
     ],
 )
 def test_render_refuses_bad_input(args, kwargs, match):
