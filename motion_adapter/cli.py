@@ -333,7 +333,8 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except (MotionAdapterError, FileNotFoundError, ValueError) as error:
-        print(f"motion-adapter {args.command}: {error}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "toyworld_command", None))))
+        print(f"motion-adapter {command}: {error}", file=sys.stderr)
         return 2
 
 

@@ -198,3 +198,10 @@ def test_generate_refuses_a_gif_rate_before_loading_anything(monkeypatch, capsys
     monkeypatch.setattr(cli, "_load_base", lambda *a, **k: pytest.fail("the base was loaded before the check"))
     assert main(["generate", "--prompt", "a dog doing the pll", "--fps", "60", "--out", "clip.gif"]) == 2
     assert "fps=60 is outside" in capsys.readouterr().err
+
+
+def test_an_error_names_the_toyworld_subcommand(monkeypatch, capsys):
+    ablation = importlib.import_module("motion_adapter.toyworld.ablation")
+    monkeypatch.setattr(ablation, "run_ablation", lambda out, quick: (_ for _ in ()).throw(ValueError("no grid")))
+    assert main(["toyworld", "ablate", "--out", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "motion-adapter toyworld ablate: no grid"
