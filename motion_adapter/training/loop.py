@@ -48,7 +48,7 @@ from ..video import write_video
 from .cache import LatentStore
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import ClipExample, load_clip_folder, load_image_folder, sample_window
+from .data import ClipExample, load_clip_folder, load_image_folder, progress_options, sample_window
 from .timesteps import sample_timesteps
 from .tuning import compress, delta_as_lora
 
@@ -186,7 +186,7 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
     resume_key = {**config.resume_key(), "tokens": tokens, "base_model": base_model_id(pipe),
                   "fingerprint": architecture_fingerprint(unet)}  # fmt: skip
     device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+    weight_dtype = _weight_dtype(config)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     num_timesteps = noise_scheduler.config.num_train_timesteps
     for token in set(tokens) - {token for token, _ in learned} - {None}:
@@ -291,8 +291,8 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
     session.callback(unet.eval)
     bypass = _temporal_blocks(unet)
     text_per_frame = getattr(architecture_of(unet), "text_per_frame", False)
-    quiet = {} if accelerator.is_main_process else {"disable": True}  # disable=False would override TQDM_DISABLE=1
-    progress = tqdm(total=config.max_train_steps, initial=start_step, desc=f"training {adapter_name}", **quiet)
+    progress = tqdm(total=config.max_train_steps, initial=start_step, desc=f"training {adapter_name}",
+                    **progress_options())
     session.callback(progress.close)
     if config.report_to:
         accelerator.init_trackers("motion_adapter", config={k: str(v) for k, v in dataclasses.asdict(config).items()})
@@ -374,6 +374,11 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
 
 
 # ---------------------------------------------------------------- pieces
+
+
+def _weight_dtype(config: TrainConfig) -> torch.dtype:
+    """The dtype of the frozen weights under the config's mixed precision."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
 
 
 def _place(pipe, device: torch.device) -> None:
@@ -480,8 +485,8 @@ def _generate_clips(pipe, config: TrainConfig) -> list[ClipExample]:
 def _sample(pipe, prompt: str, config: TrainConfig, *, seed: int):
     """One clip (frames, h, w, 3) in [0, 1] at the training size, with the pipeline as it is: under mixed precision
     its models are in two precisions (the trained weights fp32), so it samples under autocast."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
-    with torch.autocast(pipe.unet.device.type, dtype=dtype, enabled=dtype is not None):
+    dtype = _weight_dtype(config)
+    with torch.autocast(pipe.unet.device.type, dtype=dtype, enabled=dtype != torch.float32):
         return pipe(
             prompt,
             num_frames=config.num_frames,
