@@ -28,6 +28,10 @@ from .format import AdapterInfo, adapter_files, read_info
 
 CARD_TAGS = ["text-to-video", "lora", "motion-customization", "motion-adapter"]
 LIBRARY_NAME = "motion-adapter"
+# The root of the HTTP library's errors (httpx's HTTPError, or requests' RequestException in older huggingface_hub),
+# found from huggingface_hub's own HTTP error, which derives from it: a refused connection or a timeout is not a
+# huggingface_hub error, and the library it comes from has changed between huggingface_hub's versions.
+_HTTP_LIBRARY_ERROR = [kind for kind in HfHubHTTPError.__mro__ if kind not in OSError.__mro__][-1]
 
 
 def resolve_source(
@@ -130,10 +134,10 @@ def push_to_hub(
 
 @contextmanager
 def _reaching_the_hub(action: str):
-    """Turn huggingface_hub's offline and HTTP errors into one that says what failed and what to check."""
+    """Turn huggingface_hub's offline and HTTP errors, and the network's, into one that says what to check."""
     try:
         yield
-    except (OfflineModeIsEnabled, HfHubHTTPError) as error:
+    except (OfflineModeIsEnabled, HfHubHTTPError, _HTTP_LIBRARY_ERROR) as error:
         raise MotionAdapterError(
             f"could not {action} ({type(error).__name__}: {error}); check the connection, that you are logged in "
             "(`hf auth login`, or token=) with write access to the repo, then try again"

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from huggingface_hub import constants
+from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 
 import motion_adapter as ma
@@ -147,3 +147,9 @@ def test_a_push_that_cannot_reach_the_hub_says_what_to_check(adapter_dir):
 
     with pytest.raises(ma.MotionAdapterError, match=f"could not push {adapter_dir} to user/pll .*logged in"):
         ma.push_to_hub(adapter_dir, "user/pll", api=OfflineApi())
+
+
+def test_a_push_over_a_refused_connection_says_what_to_check(adapter_dir):
+    unreachable = HfApi(endpoint="http://127.0.0.1:9", token="hf_unused")  # the discard port: nothing listens
+    with pytest.raises(ma.MotionAdapterError, match=f"could not push {adapter_dir} to user/pll .*check the connection"):
+        ma.push_to_hub(adapter_dir, "user/pll", api=unreachable)
