@@ -247,18 +247,20 @@ def read_info(path: str | os.PathLike) -> AdapterInfo:
     """Read only the header of an adapter: cheap, no tensors are loaded."""
     weights, embeddings = adapter_files(path)
     metadata, shapes = _read_header(weights)
+    header = _header(weights, metadata)
     modules = _group_keys(weights, [key for key in shapes if not key.startswith(EMBEDDING_KEY_PREFIX)])
     ranks = {module: shapes[keys["down"]][0] for module, keys in modules.items() if "down" in keys}
     num_params = sum(
         math.prod(shapes[key]) for keys in modules.values() for part, key in keys.items() if part != "alpha"
     )
-    return _info(path, weights, embeddings, metadata, ranks, num_params)
+    return _info(path, weights, embeddings, header, metadata, ranks, num_params)
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
     """Read and validate a whole adapter into float32 tensors; any damage raises AdapterFormatError."""
     weights, embeddings_file = adapter_files(path)
     metadata, _ = _read_header(weights)
+    header = _header(weights, metadata)
     tensors = _read_tensors(weights)
     embeddings = {
         k.removeprefix(EMBEDDING_KEY_PREFIX): v for k, v in tensors.items() if k.startswith(EMBEDDING_KEY_PREFIX)
@@ -266,8 +268,8 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     if embeddings_file is not None:
         embeddings.update(_read_tensors(embeddings_file))
     lora = {k: v for k, v in tensors.items() if not k.startswith(EMBEDDING_KEY_PREFIX)}
-    modules = _parse_lora(weights, lora, _alpha_lookup(weights, metadata))
-    has_alpha = HEADER_KEY in metadata or "lora_alpha" in _diffusers_config(metadata) or any(
+    modules = _parse_lora(weights, lora, _alpha_lookup(weights, header, metadata))
+    has_alpha = header is not None or "lora_alpha" in _diffusers_config(metadata) or any(
         k.endswith(".alpha") for k in lora
     )
     if not has_alpha:
@@ -278,7 +280,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         )
     ranks = {name: pair.rank for name, pair in modules.items()}
     num_params = sum(pair.down.numel() + pair.up.numel() for pair in modules.values())
-    info = _info(path, weights, embeddings_file, metadata, ranks, num_params)
+    info = _info(path, weights, embeddings_file, header, metadata, ranks, num_params)
     if info.format_version and sorted(embeddings) != sorted(info.learned_tokens):
         raise AdapterFormatError(
             f"{path}: the header lists learned tokens {info.learned_tokens} but the files hold {sorted(embeddings)}; "
@@ -433,10 +435,9 @@ def _diffusers_config(metadata: dict[str, str]) -> dict:
     return {key.split(".", 1)[-1]: value for key, value in config.items()}
 
 
-def _alpha_lookup(file: Path, metadata: dict[str, str]):
+def _alpha_lookup(file: Path, header: dict | None, metadata: dict[str, str]):
     """A function (module, rank) -> alpha giving the scale alpha / rank that peft gives the module: the header's
     `alpha_pattern` or global alpha, times sqrt(rank) under `use_rslora`; a file without one gets alpha = rank."""
-    header = _header(file, metadata)
     config = _diffusers_config(metadata)
     pattern = config.get("alpha_pattern") or {}
     regexes = _pattern_regexes(file, pattern)
@@ -497,11 +498,10 @@ def _parse_lora(file: Path, tensors: dict[str, torch.Tensor], alpha_of) -> dict[
 
 
 def _info(
-    path, weights: Path, embeddings: Path | None, metadata, ranks: dict[str, int], num_params: int
+    path, weights: Path, embeddings: Path | None, header: dict | None, metadata, ranks: dict[str, int], num_params: int
 ) -> AdapterInfo:
-    """The AdapterInfo from this project's header, or from what a foreign file's tensors say."""
+    """The AdapterInfo from this project's header (`_header`), or from what a foreign file's tensors say."""
     file_bytes = weights.stat().st_size + (embeddings.stat().st_size if embeddings else 0)
-    header = _header(weights, metadata)
     if header is not None and EMBEDDINGS_DIGEST in header and Path(path).is_dir():
         _check_embeddings(Path(path), weights, embeddings, header[EMBEDDINGS_DIGEST])
     if header is not None:
