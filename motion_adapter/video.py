@@ -17,6 +17,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from .files import temporary_sibling
@@ -193,11 +194,15 @@ def _read_frame_folder(folder: Path) -> np.ndarray:
 def as_uint8_frames(frames) -> np.ndarray:
     """Bring a clip to uint8 (f, h, w, 3).
 
-    Accepts uint8 or float in [0, 1] arrays (or CPU tensors), shaped (f, h, w, 3) or (1, f, h, w, 3) (what a
-    diffusers video pipeline returns with output_type="np"), or a list of frames (PIL images or arrays).
+    Accepts uint8 or float in [0, 1] arrays or tensors (half precision included), shaped (f, h, w, 3) or
+    (1, f, h, w, 3) (what a diffusers video pipeline returns with output_type="np"), or a list of frames (PIL
+    images of any mode, made RGB as `read_image` does, or arrays).
     """
     if isinstance(frames, (list, tuple)):
-        frames = np.stack([np.asarray(frame) for frame in frames])
+        frames = np.stack([_to_rgb8(f) if isinstance(f, Image.Image) else np.asarray(f) for f in frames])
+    if isinstance(frames, torch.Tensor):  # numpy has no bfloat16, and a tensor may sit on the GPU
+        frames = frames.detach().cpu()
+        frames = (frames.float() if frames.is_floating_point() else frames).numpy()
     frames = np.asarray(frames)
     if frames.ndim == 5 and frames.shape[0] == 1:
         frames = frames[0]  # (1, f, h, w, 3) -> (f, h, w, 3)

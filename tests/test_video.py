@@ -6,6 +6,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from motion_adapter import video
@@ -103,6 +104,22 @@ def test_write_accepts_pipeline_float_output(tmp_path):
     with pytest.raises(ValueError, match="at least one frame"):
         write_video(tmp_path / "bad.gif", batch[:, :0])
     assert not (tmp_path / "bad.gif").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_write_accepts_tensors_of_any_float_precision(tmp_path, dtype):
+    clip = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    clip[1] = 255  # black then white: exact in every precision
+    frames, _ = read_video(write_video(tmp_path / "clip.gif", torch.from_numpy(clip / 255.0).to(dtype)))
+    np.testing.assert_array_equal(frames, clip)
+
+
+def test_write_accepts_pil_frames_of_any_mode(tmp_path):
+    clip = moving_square()
+    rgba = [Image.fromarray(frame).convert("RGBA") for frame in clip]
+    grey = [Image.fromarray(frame).convert("L") for frame in clip]
+    np.testing.assert_array_equal(read_video(write_video(tmp_path / "rgba.gif", rgba))[0], clip)
+    np.testing.assert_array_equal(read_video(write_video(tmp_path / "grey.gif", grey))[0], clip)  # grey frames
 
 
 @pytest.mark.parametrize("frames, fps", [(24, 24), (9, 30), (12, 12)])  # delays that add up to whole 1/100 s
