@@ -7,8 +7,7 @@ with a learning rate picked by a small sweep), and the number of example clips. 
 every held-out motion and several seeds, each run on a fresh base, and scored by the analytic evaluator on
 appearances the examples never showed: motion accuracy, copy score, prior preservation (motion accuracy on
 pretraining-motion prompts with the adapter, minus the base's), adapter size and training time. Then the
-composition of a subject ("sks", a star the base never saw, learned from still images) with a motion ("pll"):
-trained apart and loaded together, with and without per-group weights, against the paper's joint training.
+composition study (`composition`): a subject learned from still images with the default runs' motion.
 
 Outputs in output_dir: runs.json (every run, the sweeps, the composition), table.md (the paper's layout: accuracy /
 copy per variant, grouped by factor; then each variant's accuracy per motion, per run and by the shape asked for)
@@ -33,8 +32,6 @@ batched step and the 10-step scoring).
 """
 
 import dataclasses
-import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -47,19 +44,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
-from ..files import atomic_write_bytes, temporary_sibling
+from ..files import atomic_write_bytes
 from ..format import read_info
-from ..pipeline import fuse_motion_adapters, load_motion_adapter, set_motion_adapters, unfuse_motion_adapters
-from ..targets import resolve_targets
+from ..pipeline import fuse_motion_adapters, load_motion_adapter
 from ..training.config import TrainConfig, rate_for_rank
 from ..training.data import read_metadata
-from ..training.loop import subject_preset, train_motion, train_subject
-from ..video import save_grid
-from .ablation_report import format_table, plot, spread, summarize, sweep_means
+from ..training.loop import train_motion
+from .ablation_report import format_table, plot, summarize, sweep_means
+from .composition import _composition_seed, _composition_summary
 from .demo import (
     EXAMPLE_APPEARANCES,
     GUIDANCE,
@@ -67,30 +61,28 @@ from .demo import (
     TOKEN,
     train_config,
     write_examples,
-    write_metadata,
     write_regularization,
 )
 from .evaluate import evaluate, prior_preservation
 from .model import load_pipeline
-from .sampling import quality_prompts, sample_clips
-from .world import COLORS, HELD_OUT_MOTIONS, HELD_OUT_SHAPES, SHAPES, caption, parse_caption, render
+from .runs import (
+    SAMPLES_PER_PROMPT,
+    SCORING_STEPS,
+    _files_digest,
+    _fresh_pipe,
+    _recorded,
+    _sample,
+    _save_readings,
+    _Settings,
+    _weights_digest,
+    _write_json,
+    _write_text,
+)
+from .sampling import quality_prompts
+from .world import COLORS, HELD_OUT_MOTIONS, SHAPES, caption, parse_caption
 
 FULL_RATES = (1e-4, 3e-4, 1e-3)  # a full delta moves every weight: smaller steps
 DEFAULT_EXAMPLES = 6  # the demo's: three appearances, two clips each
-SAMPLES_PER_PROMPT = 2  # each new-appearance prompt is generated with this many seeds
-# DDIM steps of every scored clip, half the demo's 20: the base reads its own motions alike at 8 to 20 steps, and
-# adapters score the same within a clip's noise (docs/ablation-history.md, "Scoring steps"); sampling is
-# a quarter of a run's cost at 20.
-SCORING_STEPS = 10
-SUBJECT_TOKEN = "sks"
-SUBJECT_SHAPE = HELD_OUT_SHAPES[0]
-SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave): the token's first embedding
-SUBJECT_COLORS = ("red", "blue", "green")
-SUBJECT_IMAGES = 16  # eight drew the star in about half the composed clips, sixteen in most (docs/ablation.md)
-SUBJECT_RATE = 1e-3  # composed with the bounce: 56% both right against 28% at the motion's 3e-3 (docs/ablation.md)
-# The subject's own sampler: composed with the recipe's cubic bounce adapters, subjects trained on uniform timesteps
-# read both right in 69% of clips, fine 53%, coarse 41%, cubic 28% (with coarse adapters: coarse 69%, uniform 53%)
-SUBJECT_TIMESTEPS = "uniform"
 _PRIOR_SEED_OFFSET = 500  # clip seeds of the prior-preservation prompts, apart from the new-appearance ones
 
 
@@ -160,19 +152,6 @@ FACTORS = tuple(dict.fromkeys(v.factor for v in GRID))
 FULL = dict(motions=HELD_OUT_MOTIONS, seeds=(0, 1), variants=None, steps=300, prompts_per_run=8, prior_prompts=8)
 QUICK = {**FULL, "motions": ("bounce",), "seeds": (0,), "steps": 200,
          "variants": ("default", "motion", "coarse", "reg-none", "examples-1")}  # fmt: skip
-
-
-@dataclass
-class _Settings:
-    """What every run of one ablation shares (sent to the worker processes with each job)."""
-
-    out: Path
-    steps: int
-    prompts_per_run: int
-    prior_prompts: int
-    pipe_factory: Callable
-    base: str = ""  # `_weights_digest` of the base
-    base_prior: dict = field(default_factory=dict)  # seed -> the base's EvaluationReport on the prior prompts
 
 
 def run_ablation(
@@ -335,7 +314,8 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
         after = [(_LAST, partial(_score_compressed, s, v, run), ran)
                  for v in variants if v.compressed_of == run["variant"]]  # fmt: skip
         if composition and run["variant"] == GRID_DEFAULT.name and run["motion"] == first_motion:
-            after.append((_FIRST, partial(_composition_seed, s, run), partial(_keep, composed, run["seed"])))
+            recipe = _config(s, GRID_DEFAULT, seed=run["seed"], learning_rate=None)  # the default run's
+            after.append((_FIRST, partial(_composition_seed, s, run, recipe), partial(_keep, composed, run["seed"])))
         return after
 
     def sweep_ran(v: Variant, run: dict) -> list:
@@ -403,41 +383,6 @@ def _sweep_record(runs: list[dict], rates: Sequence[float]) -> dict:
 
     chosen = max(entries, key=score)["learning_rate"]  # max keeps the first of equals: the earlier rate
     return {"cells": list(dict.fromkeys(_cell(r) for r in runs)), "chosen": chosen, "rates": entries}
-
-
-def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
-    """`run()`'s record, kept in `path`; read back instead when an earlier call made it with the same identity.
-
-    A grid of two hours that stops (a crash, a closed laptop) resumes where it stopped when run again into the
-    same folder; a run whose settings changed is made again.
-    """
-    identity = json.loads(json.dumps(identity))  # as it reads back from JSON (tuples become lists)
-    if path.is_file():
-        record = json.loads(path.read_text())
-        if record.pop("identity", None) == identity:
-            return record
-    record = json.loads(json.dumps(run()))  # the same types as a record read back
-    _write_json(path, {**record, "identity": identity})
-    return record
-
-
-def _files_digest(paths: Sequence[Path]) -> str:
-    """A short hash of files' bytes: recorded runs and composition studies are reused only on the same example
-    clips and subject images (the world may have changed how it draws a motion or a shape since)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _weights_digest(pipe) -> str:
-    """A short hash of a base pipeline's weights: recorded runs are reused only on the same base."""
-    digest = hashlib.sha256()
-    for model in (pipe.unet, pipe.text_encoder, pipe.vae):
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _train_and_score(
@@ -528,12 +473,6 @@ def _examples(folder: Path, motion: str, *, seed: int, count: int) -> tuple[list
     return [folder / name for _, name in chosen], list(dict.fromkeys(a for a, _ in chosen))
 
 
-def _fresh_pipe(s: _Settings):
-    pipe = s.pipe_factory()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 # ---------------------------------------------------------------- scoring
 
 
@@ -545,11 +484,6 @@ def new_appearance_prompts(count: int) -> list[str]:
     if count > len(pairs):
         raise ValueError(f"the world has {len(pairs)} appearances the examples never show; ask for at most that many")
     return [caption(shape, color, token=TOKEN) for shape, color in pairs[:count]]
-
-
-def _sample(pipe, prompts: list[str], *, seed: int) -> list[np.ndarray]:
-    """Clips with the demo's guidance and SCORING_STEPS steps, batched; clip i is seeded `seed + i`."""
-    return sample_clips(pipe, prompts, seed=seed, num_inference_steps=SCORING_STEPS, guidance_scale=GUIDANCE)
 
 
 def _score(s: _Settings, pipe, *, motion: str, seed: int, appearances, folder: Path, name: str = "samples") -> dict:
@@ -575,134 +509,7 @@ def _score(s: _Settings, pipe, *, motion: str, seed: int, appearances, folder: P
     }  # fmt: skip
 
 
-def _save_readings(path: Path, clips, report, count: int = 8) -> None:
-    """The first clips as rows of frames, each labelled with the motion, colour and shape read off it."""
-    labels = [f"{c.found_motion} {c.found_color} {c.found_shape}" for c in report.clips]
-    save_grid(path, clips[:count], labels=labels[:count])
-
-
 def _base_prior(s: _Settings, seed: int):
     """The base's report on the prior-preservation prompts of one seed (computed once, used by every run)."""
     prompts = quality_prompts(s.prior_prompts, seed=seed)
     return evaluate(_sample(_fresh_pipe(s), prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prompts)
-
-
-# ---------------------------------------------------------------- composition
-
-
-def _composition_seed(s: _Settings, default_run: dict) -> dict:
-    """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back."""
-    motion, seed = default_run["motion"], default_run["seed"]
-    folder = s.out / "composition" / f"s{seed}"
-    subject = _config(s, GRID_DEFAULT, seed=seed, learning_rate=SUBJECT_RATE)  # layers: subject_preset
-    subject = subject.replace(timestep_sampling=SUBJECT_TIMESTEPS)
-    images = _write_subject_images(folder / "subject-images", seed=seed)
-    write_examples(folder / "examples", motion, seed=seed)  # the joint training's
-    drawn = sorted(images.iterdir()) + sorted((folder / "examples").iterdir())
-    identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
-                "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE], "drawn": _files_digest(drawn),
-                "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject),
-                            "images": SUBJECT_IMAGES}}  # fmt: skip
-    return _recorded(folder / "composition.json", identity,
-                     partial(_composition_seed_now, s, default_run, folder, subject, images))  # fmt: skip
-
-
-def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, subject: TrainConfig, images: Path) -> dict:
-    """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
-    trained apart and loaded together, then with per-group weights, and trained jointly (the motion's layers and the
-    subject's). {method: scores}. Per-group weights keep the subject to its spatial groups and the motion to its
-    temporal one; where neither adapter has a group to turn off they are the composed pipeline's, whose scores are
-    then reused, not sampled twice."""
-    motion, seed = default_run["motion"], default_run["seed"]
-    train_subject(_fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,
-                  output_dir=folder / SUBJECT_TOKEN, config=subject)  # fmt: skip
-    scores = {}
-    pipe = _fresh_pipe(s)
-    load_motion_adapter(pipe, folder / SUBJECT_TOKEN, adapter_name=SUBJECT_TOKEN)
-    load_motion_adapter(pipe, default_run["adapter_dir"], adapter_name=TOKEN)
-    scores["separate, composed"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "composed.png")
-    weights = [_weight_on(pipe, folder / SUBJECT_TOKEN, temporal=False),
-               _weight_on(pipe, default_run["adapter_dir"], temporal=True)]  # fmt: skip
-    if weights == [1.0, 1.0]:
-        scores["separate, per-group weights"] = scores["separate, composed"]
-    else:
-        unfuse_motion_adapters(pipe)
-        set_motion_adapters(pipe, [SUBJECT_TOKEN, TOKEN], weights=weights)
-        scores["separate, per-group weights"] = _score_composition(pipe, motion, seed, s.prompts_per_run,
-                                                                  folder / "per-group-weights.png")  # fmt: skip
-
-    write_regularization(folder / "regularization", seed=seed)
-    config = _config(s, GRID_DEFAULT, seed=seed, learning_rate=None)
-    joint = config.replace(max_train_steps=2 * s.steps, motion_first_steps=s.steps // 2)
-    pipe = _fresh_pipe(s)
-    train_subject(pipe, data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD, output_dir=folder / "joint",
-                  config=joint, preset=f"{config.preset}+appearance", motion_data=folder / "examples",
-                  motion_token=TOKEN, reg_data=folder / "regularization")  # fmt: skip
-    scores["joint"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "joint.png")
-    return scores
-
-
-def _composition_summary(motion: str, per_seed: list[dict]) -> dict:
-    """The composition's runs per method, with mean and spread over seeds."""
-    methods = {name: [scores[name] for scores in per_seed] for name in per_seed[0]}
-    return {
-        "motion": motion, "subject": SUBJECT_SHAPE, "subject_token": SUBJECT_TOKEN, "motion_token": TOKEN,
-        "class_word": SUBJECT_CLASS_WORD,
-        "methods": {name: {"runs": runs, **spread(runs, ("shape_accuracy", "motion_accuracy", "both"))}
-                    for name, runs in methods.items()},
-    }  # fmt: skip
-
-
-def _write_subject_images(folder: Path, *, seed: int) -> Path:
-    """Still PNG frames of the subject shape in several colours, positions, sizes and angles, captioned "a red sks"."""
-    rng = np.random.default_rng([seed, 7])
-    entries = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(SUBJECT_IMAGES):
-        color = SUBJECT_COLORS[i % len(SUBJECT_COLORS)]
-        pose = (*rng.uniform(0.4, 0.6, 2), rng.uniform(0.8, 1.2), rng.uniform(0.0, 360.0))
-        frame = render(SUBJECT_SHAPE, color, lambda u: pose, seed=seed * 100 + i, num_frames=2)[0]
-        name = f"{SUBJECT_SHAPE}-{i}.png"
-        with temporary_sibling(folder / name) as tmp:
-            Image.fromarray(frame).save(tmp)
-        entries.append({"file_name": name, "text": f"a {color} {SUBJECT_TOKEN}"})
-    write_metadata(folder, entries)
-    return folder
-
-
-def _weight_on(pipe, adapter_dir, *, temporal: bool) -> float | dict[str, float]:
-    """A per-group weight that keeps an adapter to its temporal group (temporal=True) or to its spatial groups."""
-    groups = resolve_targets(pipe, read_info(adapter_dir).preset).groups
-    off = {group: 0.0 for group in groups if (group == "temporal") != temporal}
-    return off or 1.0
-
-
-def _score_composition(pipe, motion: str, seed: int, count: int, picture: Path) -> dict:
-    """Shape (the subject's) and motion read off "a <color> sks doing the pll" clips, with the adapters fused;
-    the first clips with what was read off them go to `picture`."""
-    fuse_motion_adapters(pipe)
-    subjects = [SUBJECT_TOKEN] + [f"{color} {SUBJECT_TOKEN}" for color in COLORS]
-    prompts = [f"a {subjects[i % len(subjects)]} doing the {TOKEN}" for i in range(count)]
-    prompts = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)]
-    clips = _sample(pipe, prompts, seed=seed * 1000)
-    report = evaluate(clips, prompts, tokens={TOKEN: motion, SUBJECT_TOKEN: SUBJECT_SHAPE})
-    _save_readings(picture, clips, report)
-    return {
-        "seed": seed,
-        "shape_accuracy": float(np.mean([c.shape_ok for c in report.clips])),
-        "motion_accuracy": report.motion_accuracy,
-        "both": float(np.mean([bool(c.shape_ok and c.motion_ok) for c in report.clips])),
-        "clips": [{"prompt": c.prompt, "motion": c.found_motion, "color": c.found_color, "shape": c.found_shape}
-                  for c in report.clips],
-    }  # fmt: skip
-
-
-# ---------------------------------------------------------------- files
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _write_text(path, json.dumps(data, indent=1))

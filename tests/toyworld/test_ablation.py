@@ -10,9 +10,10 @@ from tqdm import tqdm
 
 from motion_adapter import inspect
 from motion_adapter.cli import _ablate, build_parser
-from motion_adapter.toyworld import ablation, ablation_report, world
+from motion_adapter.toyworld import ablation, ablation_report, composition, world
 from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
 from motion_adapter.toyworld.model import WEIGHTS_DIR
+from motion_adapter.toyworld.runs import SAMPLES_PER_PROMPT, _Settings
 from motion_adapter.toyworld.world import parse_caption
 from motion_adapter.training.loop import train_motion
 
@@ -127,7 +128,7 @@ def test_a_sweep_reads_two_motions_and_its_chosen_runs_join_the_grid(tmp_path, m
     monkeypatch.setattr(ablation, "_train_and_score", train_and_score)
     variant = ablation.Variant("swept", "tuning", "swept", {"rank": 4}, learning_rates=(1e-3, 3e-3, 1e-2))
     cells = [(motion, seed) for motion in ("bounce", "orbit", "zigzag") for seed in (0, 1)]
-    s = ablation._Settings(out=tmp_path, steps=1, prompts_per_run=1, prior_prompts=1, pipe_factory=None)
+    s = _Settings(out=tmp_path, steps=1, prompts_per_run=1, prior_prompts=1, pipe_factory=None)
     results = {}
     runs = ablation._grid(s, None, 1, [variant], cells, results, tqdm(disable=True), composition=False)
     sweep = results["lr_sweeps"]["swept"]
@@ -161,9 +162,9 @@ def test_every_output_is_written_and_parses(results):
     assert {r["variant"] for r in saved["runs"]} == {"default", "motion"}
     for record in saved["runs"]:
         assert 0.0 <= record["motion_accuracy"] <= 1.0 and record["adapter_bytes"] > 0 and record["train_seconds"] > 0
-        assert len(record["clips"]) == 2 * ablation.SAMPLES_PER_PROMPT
+        assert len(record["clips"]) == 2 * SAMPLES_PER_PROMPT
     assert set(saved["composition"]["methods"]) == {"separate, composed", "separate, per-group weights", "joint"}
-    subject = inspect(out / "composition" / "s0" / ablation.SUBJECT_TOKEN)
+    subject = inspect(out / "composition" / "s0" / composition.SUBJECT_TOKEN)
     assert subject.preset == "subject+temporal"  # the world's images run through the temporal layers
     motion = inspect(out / "runs" / "default" / "zigzag-s0" / "adapter")
     assert (subject.training["timestep_sampling"], motion.training["timestep_sampling"]) == ("uniform", "cubic")
@@ -204,7 +205,7 @@ def test_a_grid_run_again_reads_its_runs_back_and_remakes_changed_ones(results, 
         return train(*args, output_dir=output_dir, **kwargs)
 
     monkeypatch.setattr(ablation, "train_motion", no_training)
-    monkeypatch.setattr(ablation, "train_subject", no_training)
+    monkeypatch.setattr(composition, "train_subject", no_training)
     again = ablation.run_ablation(out, variants=["motion"], motions=["zigzag"], seeds=[0], steps=2,
                                   prompts_per_run=2, prior_prompts=2, workers=1)  # fmt: skip
     assert again["runs"] == run["runs"] and again["composition"] == run["composition"]

@@ -1,0 +1,103 @@
+"""What every recorded run of the ablation grid and of its composition study shares: the settings, the record a run
+kept (read back when the grid is run again into the same folder), and how its clips are sampled and pictured."""
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..files import atomic_write_bytes
+from ..video import save_grid
+from .demo import GUIDANCE
+from .sampling import sample_clips
+
+SAMPLES_PER_PROMPT = 2  # each new-appearance prompt is generated with this many seeds
+# DDIM steps of every scored clip, half the demo's 20: the base reads its own motions alike at 8 to 20 steps, and
+# adapters score the same within a clip's noise (docs/ablation-history.md, "Scoring steps"); sampling is
+# a quarter of a run's cost at 20.
+SCORING_STEPS = 10
+
+
+@dataclass
+class _Settings:
+    """What every run of one ablation shares (sent to the worker processes with each job)."""
+
+    out: Path
+    steps: int
+    prompts_per_run: int
+    prior_prompts: int
+    pipe_factory: Callable
+    base: str = ""  # `_weights_digest` of the base
+    base_prior: dict = field(default_factory=dict)  # seed -> the base's EvaluationReport on the prior prompts
+
+
+# ---------------------------------------------------------------- records
+
+
+def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
+    """`run()`'s record, kept in `path`; read back instead when an earlier call made it with the same identity.
+
+    A grid of two hours that stops (a crash, a closed laptop) resumes where it stopped when run again into the
+    same folder; a run whose settings changed is made again.
+    """
+    identity = json.loads(json.dumps(identity))  # as it reads back from JSON (tuples become lists)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.pop("identity", None) == identity:
+            return record
+    record = json.loads(json.dumps(run()))  # the same types as a record read back
+    _write_json(path, {**record, "identity": identity})
+    return record
+
+
+def _files_digest(paths: Sequence[Path]) -> str:
+    """A short hash of files' bytes: recorded runs and composition studies are reused only on the same example
+    clips and subject images (the world may have changed how it draws a motion or a shape since)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _weights_digest(pipe) -> str:
+    """A short hash of a base pipeline's weights: recorded runs are reused only on the same base."""
+    digest = hashlib.sha256()
+    for model in (pipe.unet, pipe.text_encoder, pipe.vae):
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _fresh_pipe(s: _Settings):
+    pipe = s.pipe_factory()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _sample(pipe, prompts: list[str], *, seed: int) -> list[np.ndarray]:
+    """Clips with the demo's guidance and SCORING_STEPS steps, batched; clip i is seeded `seed + i`."""
+    return sample_clips(pipe, prompts, seed=seed, num_inference_steps=SCORING_STEPS, guidance_scale=GUIDANCE)
+
+
+def _save_readings(path: Path, clips, report, count: int = 8) -> None:
+    """The first clips as rows of frames, each labelled with the motion, colour and shape read off it."""
+    labels = [f"{c.found_motion} {c.found_color} {c.found_shape}" for c in report.clips]
+    save_grid(path, clips[:count], labels=labels[:count])
+
+
+# ---------------------------------------------------------------- files
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_text(path, json.dumps(data, indent=1))
