@@ -12,6 +12,7 @@
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import types
@@ -19,6 +20,7 @@ import typing
 from pathlib import Path
 
 DEFAULT_BASE = "cerspense/zeroscope_v2_576w"
+_WORLD_BASE_HELP = "a tiny-world pipeline folder, such as the --out of `toyworld pretrain` (default: the shipped base)"
 
 
 def _inspect(args) -> int:
@@ -96,11 +98,13 @@ def _demo(args) -> int:
     import torch
 
     from .toyworld.demo import format_table, run_demo, train_config
+    from .toyworld.model import load_pipeline
 
     torch.set_num_threads(1)  # the tiny world's models gain nothing from threads, and lose much on a busy machine
 
     config = train_config(seed=args.seed, **({"max_train_steps": args.steps} if args.steps is not None else {}))
-    metrics = run_demo(args.out, motion=args.motion, seed=args.seed, config=config)
+    pipe = load_pipeline(args.base) if args.base else None
+    metrics = run_demo(args.out, motion=args.motion, seed=args.seed, config=config, pipe=pipe)
     print(format_table(metrics))
     print(f"\nwrote {args.out}/: adapter/, samples/, comparison.png, comparison.gif, metrics.json")
     return 0
@@ -115,10 +119,18 @@ def _pretrain(args) -> int:
 
 
 def _ablate(args) -> int:
+    import torch
+
     from .toyworld.ablation import run_ablation
     from .toyworld.ablation_report import format_table
+    from .toyworld.model import load_pipeline
 
-    results = run_ablation(args.out, quick=args.quick)
+    torch.set_num_threads(1)  # each worker process runs one thread too: the tiny models gain nothing from more
+    results = run_ablation(
+        args.out, quick=args.quick, motions=args.motions, seeds=args.seeds, variants=args.variants, steps=args.steps,
+        prompts_per_run=args.prompts, prior_prompts=args.prior_prompts, composition=not args.no_composition,
+        workers=args.workers, pipe_factory=functools.partial(load_pipeline, args.base) if args.base else None,
+    )  # fmt: skip
     print(format_table(results))
     print(f"wrote {args.out}/: runs.json, table.md, plot.png (runs in {results['seconds']:.0f} s)")
     return 0
@@ -295,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--motion", default="bounce", help="the held-out motion to teach (bounce, orbit, zigzag, ...)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the world's recipe)")
+    demo.add_argument("--base", default=None, help=_WORLD_BASE_HELP)
     demo.set_defaults(run=_demo)
 
     world = commands.add_parser("toyworld", help="the tiny built-in world: pretrain its base model, run the ablation")
@@ -307,6 +320,20 @@ def build_parser() -> argparse.ArgumentParser:
     ablate = world_commands.add_parser("ablate", help="the paper's ablation grid: runs.json, table.md, plot.png")
     ablate.add_argument("--out", default="motion-adapter-ablation", help="output folder")
     ablate.add_argument("--quick", action="store_true", help="the reduced grid (within 10 minutes on 2 CPU cores)")
+    ablate.add_argument("--base", default=None, help=_WORLD_BASE_HELP)
+    ablate.add_argument("--motions", nargs="+", default=None,
+                        help="held-out motions to teach (default: all five); the learning-rate sweeps read the first "
+                             "two, the composition study the first")  # fmt: skip
+    ablate.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default: 0 1)")
+    ablate.add_argument("--variants", nargs="+", default=None,
+                        help="rows of the grid (default: all); each factor shown keeps its default row")  # fmt: skip
+    ablate.add_argument("--steps", type=_positive_int, default=None, help="training steps per run (default: 300)")
+    ablate.add_argument("--prompts", type=_positive_int, default=None, help="new-appearance prompts per run")
+    ablate.add_argument("--prior-prompts", type=_positive_int, default=None,
+                        help="pretraining prompts per run, for prior preservation")  # fmt: skip
+    ablate.add_argument("--no-composition", action="store_true", help="skip the subject + motion composition study")
+    ablate.add_argument("--workers", type=_positive_int, default=None,
+                        help="processes side by side, one thread each (default: one per CPU core)")  # fmt: skip
     ablate.set_defaults(run=_ablate)
 
     gen = commands.add_parser("generate", help="generate a clip with adapters loaded")

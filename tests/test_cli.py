@@ -179,6 +179,16 @@ def test_demo_steps_must_be_at_least_one(monkeypatch, capsys):
     assert main(["demo", "--steps", "3"]) == 0 and configs[0].max_train_steps == 3
 
 
+def test_demo_runs_on_a_base_folder_given(tmp_path, monkeypatch, capsys):
+    demo, model = (importlib.import_module(f"motion_adapter.toyworld.{name}") for name in ("demo", "model"))
+    runs = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, pipe, **kw: runs.append(pipe) or {})
+    monkeypatch.setattr(demo, "format_table", lambda metrics: "")
+    monkeypatch.setattr(model, "load_pipeline", lambda folder=None: f"pipeline of {folder}")
+    assert main(["demo", "--base", str(tmp_path)]) == 0 and main(["demo"]) == 0
+    assert runs == [f"pipeline of {tmp_path}", None]  # None: run_demo loads the shipped base
+
+
 def test_a_base_folder_that_is_no_pipeline_is_one_clear_line(tmp_path, monkeypatch, capsys):
     from diffusers import DiffusionPipeline
 

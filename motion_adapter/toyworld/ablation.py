@@ -232,8 +232,8 @@ def select_grid(names: Sequence[str] | None) -> list[Variant]:
     """The rows of GRID for these variant names (all rows for None), with the default's row in each factor shown."""
     if names is None:
         return list(GRID)
-    known = {v.name for v in GRID}
-    unknown = set(names) - known
+    known = list(dict.fromkeys(v.name for v in GRID))
+    unknown = set(names) - set(known)
     if unknown:
         raise ValueError(f"unknown variants {', '.join(sorted(unknown))}; the grid has {', '.join(known)}")
     for v in GRID:

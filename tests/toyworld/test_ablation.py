@@ -9,10 +9,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from motion_adapter import inspect
-from motion_adapter.cli import _ablate, build_parser
+from motion_adapter.cli import _ablate, build_parser, main
 from motion_adapter.toyworld import ablation, ablation_report, composition, world
 from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
-from motion_adapter.toyworld.model import WEIGHTS_DIR
+from motion_adapter.toyworld.model import WEIGHTS_DIR, load_pipeline
 from motion_adapter.toyworld.runs import SAMPLES_PER_PROMPT, _Settings
 from motion_adapter.toyworld.world import parse_caption
 from motion_adapter.training.loop import train_motion
@@ -70,6 +70,22 @@ def test_accuracy_by_shape_counts_the_clips_that_ask_for_each_shape():
 def test_the_command_line_calls_the_ablation():
     args = build_parser().parse_args(["toyworld", "ablate", "--quick", "--out", "x"])
     assert args.run is _ablate and args.quick and args.out == "x"
+
+
+def test_the_command_line_hands_every_option_to_the_ablation(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(ablation, "run_ablation", lambda out, **options: calls.append((out, options)) or {"seconds": 1})
+    monkeypatch.setattr(ablation_report, "format_table", lambda results: "")
+    flags = ["--motions", "orbit", "bounce", "--seeds", "3", "--variants", "motion", "--steps", "5", "--prompts", "2",
+             "--prior-prompts", "4", "--no-composition", "--workers", "1", "--base", str(tmp_path)]  # fmt: skip
+    assert main(["toyworld", "ablate", "--out", "x", *flags]) == 0
+    out, options = calls[0]
+    factory = options.pop("pipe_factory")
+    assert out == "x" and options == dict(quick=False, motions=["orbit", "bounce"], seeds=[3], variants=["motion"],
+                                          steps=5, prompts_per_run=2, prior_prompts=4, composition=False, workers=1)
+    assert factory.func is load_pipeline and factory.args == (str(tmp_path),)  # a partial: it pickles for workers
+    main(["toyworld", "ablate"])
+    assert calls[1][1]["pipe_factory"] is None and calls[1][1]["composition"]  # None: the shipped base
 
 
 @pytest.mark.parametrize(
