@@ -322,12 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--quick", action="store_true", help="the reduced grid (within 10 minutes on 2 CPU cores)")
     ablate.add_argument("--base", default=None, help=_WORLD_BASE_HELP)
     ablate.add_argument("--motions", nargs="+", default=None,
-                        help="held-out motions to teach (default: all five); the learning-rate sweeps read the first "
-                             "two, the composition study the first")  # fmt: skip
-    ablate.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default: 0 1)")
+                        help="held-out motions to teach (default: all five; the bounce with --quick); the "
+                             "learning-rate sweeps read the first two, the composition study the first")  # fmt: skip
+    ablate.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="training seeds (default: 0 1; 0 with --quick)")  # fmt: skip
     ablate.add_argument("--variants", nargs="+", default=None,
-                        help="rows of the grid (default: all); each factor shown keeps its default row")  # fmt: skip
-    ablate.add_argument("--steps", type=_positive_int, default=None, help="training steps per run (default: 300)")
+                        help="rows of the grid (default: all; five with --quick); each factor shown keeps its "
+                             "default row")  # fmt: skip
+    ablate.add_argument("--steps", type=_positive_int, default=None,
+                        help="training steps per run (default: 300; 200 with --quick)")  # fmt: skip
     ablate.add_argument("--prompts", type=_positive_int, default=None, help="new-appearance prompts per run")
     ablate.add_argument("--prior-prompts", type=_positive_int, default=None,
                         help="pretraining prompts per run, for prior preservation")  # fmt: skip
