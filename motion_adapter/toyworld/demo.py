@@ -18,7 +18,7 @@ from ..training.config import TrainConfig
 from ..training.data import METADATA_FILE
 from ..training.loop import train_motion
 from ..video import save_grid, write_video
-from .evaluate import evaluate
+from .evaluate import evaluate, nearest_motions
 from .model import load_pipeline
 from .sampling import sample_clips
 from .world import BACKGROUNDS, HELD_OUT_MOTIONS, NUM_FRAMES, SIZE, caption, render, valid_pairs
@@ -31,6 +31,7 @@ NEW_APPEARANCES = (
     ("circle", "green"), ("cross", "yellow"), ("triangle", "magenta"),
 )  # fmt: skip
 REG_APPEARANCES = (("square", "red"), ("circle", "blue"), ("cross", "green"), ("triangle", "cyan"))
+NEARBY_MOTIONS = 4  # `write_regularization(near=...)` draws from the pairs of this many motions: 16 or more pairs
 INFERENCE_STEPS = 20
 GUIDANCE = 4.0
 PICTURE_SCALE = 4  # the side-by-side picture shows each 32-pixel frame at 128 pixels
@@ -98,9 +99,17 @@ def write_examples(folder: Path, motion: str, *, seed: int = 0, per_appearance: 
     return list(EXAMPLE_APPEARANCES)
 
 
-def write_regularization(folder: Path, *, seed: int = 0, count: int = 12) -> None:
-    """Render clips of pretraining motions with their own captions: real regularization clips (the paper's)."""
+def write_regularization(folder: Path, *, seed: int = 0, count: int = 12, near: str | None = None) -> None:
+    """Render clips of pretraining motions with their own captions: real regularization clips.
+
+    The clips' shape-motion pairs are drawn from every motion that moves, or with `near` (a motion) from the
+    NEARBY_MOTIONS pretraining motions nearest it (`evaluate.nearest_motions`): the paper's "similar but not
+    identical" motions.
+    """
     pairs = [(shape, motion) for shape, motion in valid_pairs() if motion != "still"]
+    if near is not None:
+        nearby = nearest_motions(near, NEARBY_MOTIONS)
+        pairs = [(shape, motion) for shape, motion in pairs if motion in nearby]
     rng = np.random.default_rng(seed)
     entries = []
     for stale in folder.glob("reg-*.gif"):  # another seed's draw, named after its pairs: it would lack a caption

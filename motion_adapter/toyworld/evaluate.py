@@ -25,6 +25,7 @@ from motion_adapter.toyworld.world import (
     COLORS,
     HELD_OUT_MOTIONS,
     HELD_OUT_SHAPES,
+    NUM_FRAMES,
     PRETRAIN_MOTIONS,
     RGB,
     SHAPES,
@@ -282,6 +283,24 @@ def _motion_bank(num_frames: int) -> tuple[list[str], np.ndarray]:
             names.append(motion)
             features.append(_motion_features(poses[:, :2], poses[:, 2], poses[:, 3]))
     return names, np.stack(features)
+
+
+def nearest_motions(motion: str, count: int) -> list[str]:
+    """The `count` pretraining motions that move nearest `motion`, nearest first: by the mean squared distance
+    between their jittered trajectories in the features motions are read by. The paper regularizes with real videos
+    of "similar but not identical" motion; on this world, these are its similar motions.
+    """
+    names, bank = _motion_bank(NUM_FRAMES)
+    if motion not in names:
+        raise ValueError(f"unknown motion {motion!r}; the world has {', '.join(dict.fromkeys(names))}")
+    names = np.array(names)
+    target = bank[names == motion]
+    distance = {
+        other: float(np.mean(((target[:, None] - bank[names == other][None]) ** 2).sum(axis=-1)))
+        for other in PRETRAIN_MOTIONS
+        if other not in ("still", motion)
+    }
+    return sorted(distance, key=distance.get)[:count]
 
 
 def _classify_motion(track: _Track) -> str:

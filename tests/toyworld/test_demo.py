@@ -8,6 +8,7 @@ from PIL import Image
 from motion_adapter import toyworld
 from motion_adapter.cli import main
 from motion_adapter.toyworld import demo
+from motion_adapter.toyworld.world import parse_caption
 from motion_adapter.video import read_video
 
 
@@ -58,6 +59,13 @@ def test_regularization_written_again_with_another_seed_keeps_only_its_own_clips
     demo.write_regularization(tmp_path, seed=1)
     captioned = [json.loads(line)["file_name"] for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
     assert sorted(p.name for p in tmp_path.glob("*.gif")) == sorted(captioned)
+
+
+def test_regularization_near_a_motion_shows_only_its_nearest_motions(tmp_path):
+    demo.write_regularization(tmp_path, seed=0, near="zigzag")
+    entries = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+    shown = {parse_caption(entry["text"])[2] for entry in entries}
+    assert len(entries) == 12 and shown <= {"right", "down_right", "up_right", "down"}  # the zigzag drifts right
 
 def test_train_config_is_the_worlds_size():
     config = toyworld.train_config(rank=4)

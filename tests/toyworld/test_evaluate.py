@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from motion_adapter import toyworld
+from motion_adapter.toyworld.evaluate import nearest_motions
 
 ALL_SHAPES = toyworld.SHAPES + toyworld.HELD_OUT_SHAPES
 ALL_MOTIONS = toyworld.PRETRAIN_MOTIONS + toyworld.HELD_OUT_MOTIONS
@@ -160,3 +161,12 @@ def test_training_appearances_are_shape_color_pairs(pair):
     clip = toyworld.render("square", "blue", "left", seed=0)
     with pytest.raises(ValueError, match=r"give \(shape, color\) pairs"):
         toyworld.evaluate([clip], ["a blue square moving left"], training_appearances=[pair])
+
+
+def test_nearest_motions_share_the_motions_movement():
+    assert nearest_motions("zigzag", 3) == ["right", "down_right", "up_right"]  # it drifts right
+    assert set(nearest_motions("bounce", 4)) == {"up", "down", "left", "right"}  # straight moves
+    assert "still" not in nearest_motions("right", 20) and "right" not in (
+        nearest_motions("right", 20))  # fmt: skip
+    with pytest.raises(ValueError, match="unknown motion 'hop'"):
+        nearest_motions("hop", 2)
