@@ -22,10 +22,10 @@ Cost, measured on the 2-core development machine with two workers (one torch thr
 two seeds, 300 steps: 188 trainings, 10 compressed scorings, 2 composition studies) made from nothing at commit bb1cb7e
 took 8,308 s (2 h 18 min 28 s, nothing else running, on a day the machine trained 11% slower than for the grid before:
 7,491 s at b610ce0; 2 h 2 min 37 s at d835db8, its jobs packed to within about 20 s of the work): over the 2-hour
-budget. The sweeps read two motions since commit d26aecc (eight trainings more, about 6 minutes of the two cores; not
-timed from nothing since). A run is 41 to 97 s of training beside another and about 13 s of scoring. 100 steps would fit
-but learned next to nothing (at most 12% in 14 runs, a grid stopped early); the history of these figures is in
-docs/ablation.md.
+budget. The sweeps read two motions since commit d26aecc (eight trainings more, about 6 minutes of the two cores), and
+the row reg-nearby came at 534a14b (ten trainings, about 8 minutes); not timed from nothing since. A run is 41 to 97 s
+of training beside another and about 13 s of scoring. 100 steps would fit but learned next to nothing (at most 12% in 14
+runs, a grid stopped early); the history of these figures is in docs/ablation.md.
 `QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 3 min 56 s with two workers
 at commit d92ba6f, nothing else running, its composition beside the trainings (6 min 3 s at 6996b65, before the
 batched step and the 10-step scoring).
