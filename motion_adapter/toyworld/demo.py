@@ -31,7 +31,7 @@ NEW_APPEARANCES = (
     ("circle", "green"), ("cross", "yellow"), ("triangle", "magenta"),
 )  # fmt: skip
 REG_APPEARANCES = (("square", "red"), ("circle", "blue"), ("cross", "green"), ("triangle", "cyan"))
-NEARBY_MOTIONS = 4  # `write_regularization(near=...)` draws from the pairs of this many motions: 16 or more pairs
+NEARBY_MOTIONS = 4  # `write_regularization(near=...)` draws from the pairs of this many motions: 16, for any motion
 INFERENCE_STEPS = 20
 GUIDANCE = 4.0
 PICTURE_SCALE = 4  # the side-by-side picture shows each 32-pixel frame at 128 pixels
@@ -110,6 +110,8 @@ def write_regularization(folder: Path, *, seed: int = 0, count: int = 12, near: 
     if near is not None:
         nearby = nearest_motions(near, NEARBY_MOTIONS)
         pairs = [(shape, motion) for shape, motion in pairs if motion in nearby]
+    if count > len(pairs):
+        raise ValueError(f"{count} regularization clips asked for, from {len(pairs)} shape-motion pairs: ask for fewer")
     rng = np.random.default_rng(seed)
     entries = []
     for stale in folder.glob("reg-*.gif"):  # another seed's draw, named after its pairs: it would lack a caption

@@ -66,6 +66,8 @@ def test_regularization_near_a_motion_shows_only_its_nearest_motions(tmp_path):
     entries = [json.loads(line) for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
     shown = {parse_caption(entry["text"])[2] for entry in entries}
     assert len(entries) == 12 and shown <= {"right", "down_right", "up_right", "down"}  # the zigzag drifts right
+    with pytest.raises(ValueError, match="17 regularization clips asked for, from 16 shape-motion pairs"):
+        demo.write_regularization(tmp_path, seed=0, near="zigzag", count=17)
 
 def test_train_config_is_the_worlds_size():
     config = toyworld.train_config(rank=4)
