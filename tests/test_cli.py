@@ -212,6 +212,6 @@ def test_generate_refuses_a_gif_rate_before_loading_anything(monkeypatch, capsys
 
 def test_an_error_names_the_toyworld_subcommand(monkeypatch, capsys):
     ablation = importlib.import_module("motion_adapter.toyworld.ablation")
-    monkeypatch.setattr(ablation, "run_ablation", lambda out, quick: (_ for _ in ()).throw(ValueError("no grid")))
+    monkeypatch.setattr(ablation, "run_ablation", lambda out, **options: (_ for _ in ()).throw(ValueError("no grid")))
     assert main(["toyworld", "ablate", "--out", "x"]) == 2
     assert capsys.readouterr().err.strip() == "motion-adapter toyworld ablate: no grid"
