@@ -109,7 +109,7 @@ class Variant:
     factor: str
     label: str
     overrides: dict = field(default_factory=dict)  # TrainConfig fields
-    regularization: str = "real"  # "real" clips of any pretraining motion, of "nearby" ones, "generated", or "none"
+    regularization: str = "nearby"  # real clips of "nearby" pretraining motions, of "any", "generated", or "none"
     examples: int = DEFAULT_EXAMPLES
     learning_rates: tuple[float, ...] = ()  # swept on two motions' first runs (`_sweep_cells`); () keeps the recipe's
     compressed_of: str | None = None  # scored from the compressed adapter that this other variant's runs write
@@ -131,11 +131,10 @@ GRID = (
     Variant("default", "timesteps", "{timestep_sampling} (default)"),
     Variant("reg-none", "regularization", "none", regularization="none"),
     Variant("reg-generated", "regularization", "generated clips", regularization="generated"),
-    Variant("default", "regularization", "real clips of any motion, weight {reg_weight} (default)"),
-    Variant("reg-weight-0.25", "regularization", "real clips of any motion, weight 0.25", {"reg_weight": 0.25}),
-    Variant("reg-weight-1", "regularization", "real clips of any motion, weight 1.0", {"reg_weight": 1.0}),
-    Variant("reg-nearby", "regularization", "real clips of nearby motions, weight 0.5 (paper)",
-            regularization="nearby"),
+    Variant("reg-any", "regularization", "real clips of any motion", regularization="any"),
+    Variant("default", "regularization", "real clips of nearby motions, weight {reg_weight} (paper, default)"),
+    Variant("reg-weight-0.25", "regularization", "real clips of nearby motions, weight 0.25", {"reg_weight": 0.25}),
+    Variant("reg-weight-1", "regularization", "real clips of nearby motions, weight 1.0", {"reg_weight": 1.0}),
     Variant("rank-4", "tuning", "LoRA rank 4", {"rank": 4}, learning_rates=lora_rates(4)),
     Variant("default", "tuning", "LoRA rank {rank} (default)"),
     Variant("rank-16", "tuning", "LoRA rank 16", {"rank": 16}, learning_rates=lora_rates(16)),
@@ -408,9 +407,9 @@ def _train_and_score_now(s: _Settings, variant: Variant, motion: str, seed: int,
     started = time.perf_counter()
     reg_data = None
     if variant.regularization != "none":
-        near = motion if variant.regularization == "nearby" else None  # the paper's set: motions like the taught one
+        near = None if variant.regularization == "any" else motion  # the paper's set: motions like the taught one
         write_regularization(folder / "regularization", seed=seed, near=near)
-        if variant.regularization == "generated":  # the same captions, clips made by the base itself
+        if variant.regularization == "generated":  # the nearby clips' captions, clips made by the base itself
             captions = list(read_metadata(folder / "regularization").values())
             config = config.replace(reg_source="generated", reg_prompts=captions)
         else:

@@ -91,7 +91,7 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, recipe:
         scores["separate, per-group weights"] = _score_composition(pipe, motion, seed, s.prompts_per_run,
                                                                   folder / "per-group-weights.png")  # fmt: skip
 
-    write_regularization(folder / "regularization", seed=seed)
+    write_regularization(folder / "regularization", seed=seed, near=motion)
     joint = recipe.replace(max_train_steps=2 * s.steps, motion_first_steps=s.steps // 2)
     pipe = _fresh_pipe(s)
     train_subject(pipe, data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD, output_dir=folder / "joint",

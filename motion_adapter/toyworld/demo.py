@@ -1,8 +1,8 @@
 """The demo: customize the shipped tiny base on a motion it never saw, and show base against customized.
 
 `run_demo` renders six example clips of a held-out motion in three appearances (the "dance" to learn) and
-regularization clips of pretraining motions, trains a motion adapter bound to the token `pll` with this
-world's recipe (`train_config`), generates clips of new appearances "doing the pll" with the adapter and with
+regularization clips of the pretraining motions nearest it, trains a motion adapter bound to the token `pll` with
+this world's recipe (`train_config`), generates clips of new appearances "doing the pll" with the adapter and with
 the base model, scores both with the analytic evaluator, and writes everything a person wants to look at.
 """
 
@@ -150,7 +150,7 @@ def run_demo(
     pipe = pipe or load_pipeline()
     config = config or train_config(seed=seed)
     training_appearances = write_examples(out / "examples", motion, seed=seed)
-    write_regularization(out / "regularization", seed=seed)
+    write_regularization(out / "regularization", seed=seed, near=motion)
 
     result = train_motion(pipe, data=out / "examples", token=TOKEN, output_dir=out / "adapter",
                           reg_data=out / "regularization", config=config)  # fmt: skip

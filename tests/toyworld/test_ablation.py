@@ -25,7 +25,8 @@ needs_weights = pytest.mark.skipif(
 
 def _changes(variant: ablation.Variant) -> int:
     """How many things a variant changes from the default recipe."""
-    other_data = (variant.regularization != "real") + (variant.examples != ablation.DEFAULT_EXAMPLES)
+    default = ablation.GRID_DEFAULT
+    other_data = (variant.regularization != default.regularization) + (variant.examples != default.examples)
     return len(variant.overrides) + other_data + (variant.compressed_of is not None)
 
 
