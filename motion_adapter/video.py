@@ -155,11 +155,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
-    """uint8 RGB of an image of any mode; 16-bit greys are scaled down, where Pillow's convert would clip them."""
+    """uint8 RGB of an image of any mode; 16-bit greys are scaled down, where Pillow's convert would clip them, and
+    transparent pixels show white (a cut-out subject photo), where Pillow's convert would show whatever colour they
+    hide, often black."""
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image, dtype=np.float64)
         grey = np.round(values * 255.0 / 65535.0).clip(0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
+    if image.has_transparency_data:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     return np.array(image.convert("RGB"))
 
 

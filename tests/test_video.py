@@ -231,6 +231,16 @@ def test_a_16_bit_grey_image_is_scaled_not_clipped(tmp_path):
     assert frame.shape == (4, 6, 3) and frame.dtype == np.uint8 and np.all(frame == 128)  # mid-grey, not white
 
 
+def test_transparent_pixels_read_as_white(tmp_path):
+    cut_out = np.zeros((4, 6, 4), dtype=np.uint8)  # black everywhere, and transparent but in one corner
+    cut_out[0, 0] = (255, 0, 0, 255)
+    cut_out[0, 1] = (0, 0, 255, 128)  # half see-through blue over white
+    Image.fromarray(cut_out).save(tmp_path / "subject.png")
+    frame = read_image(tmp_path / "subject.png")
+    assert frame.shape == (4, 6, 3) and np.all(frame[1:] == 255)
+    assert tuple(frame[0, 0]) == (255, 0, 0) and tuple(frame[0, 1]) == (127, 127, 255)
+
+
 def test_save_grid_still_and_animation(tmp_path):
     base, custom = moving_square(), moving_square(num_frames=5)
     save_grid(tmp_path / "grid.png", [base, custom], labels=["base", "customized"], num_columns=4)
