@@ -316,7 +316,9 @@ def resolve_captions(
     captions = []
     for source in sources:
         folder = root if root is not None else source.parent  # the folder whose metadata.jsonl names the source
-        entries = metadata.setdefault(folder, read_metadata(folder))
+        if folder not in metadata:  # once a folder: setdefault would read the file again for every source
+            metadata[folder] = read_metadata(folder)
+        entries = metadata[folder]
         file_name = source.relative_to(folder).as_posix()
         sibling = source.parent / f"{source.stem if source.is_file() else source.name}.txt"
         if file_name in entries:

@@ -76,6 +76,18 @@ def test_caption_priority_metadata_then_txt_then_template(tmp_path):
     }
 
 
+def test_metadata_is_read_once_for_the_captions_of_many_clips(tmp_path, monkeypatch):
+    from motion_adapter.training import data
+
+    folder = make_folder(tmp_path / "clips", [f"{k}.gif" for k in range(5)])
+    lines = [{"file_name": f"{k}.gif", "text": f"clip {k} doing the pll"} for k in range(5)]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    reads, read_metadata = [], data.read_metadata
+    monkeypatch.setattr(data, "read_metadata", lambda f: reads.append(f) or read_metadata(f))
+    assert [e.caption for e in load(folder)] == [line["text"] for line in lines]
+    assert reads == [folder, folder]  # listing the folder, then its captions: not once per clip
+
+
 def test_caption_errors_name_the_file(tmp_path):
     folder = make_folder(tmp_path / "clips", ["a.gif", "b.gif"])
     (folder / "b.txt").write_text("a bear doing the pll")
