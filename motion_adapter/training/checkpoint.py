@@ -35,13 +35,13 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def save_checkpoint(output_dir: Path, step: int, params: list[torch.Tensor], optimizer, scheduler, key: dict) -> Path:
     """Write the trainable tensors and optimizer state after `step` optimizer steps; returns the folder."""
     tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
-    tensors.update(optimizer_tensors(optimizer, "optimizer."))
-    optimizer_state = optimizer.state_dict()
+    optimizer_tensors, optimizer_numbers = flatten_optimizer_state(optimizer, "optimizer.")
+    tensors.update(optimizer_tensors)
     meta = {
         "step": step,
         "key": key,
-        "param_groups": optimizer_state["param_groups"],
-        "optimizer_numbers": optimizer_numbers(optimizer),
+        "param_groups": optimizer.state_dict()["param_groups"],
+        "optimizer_numbers": optimizer_numbers,
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
     }
     final = checkpoint_dir(output_dir) / f"{PREFIX}{step:06d}"
@@ -97,32 +97,23 @@ def _damaged(folder: Path, name: str, error: Exception) -> ValueError:
     )
 
 
-def optimizer_tensors(optimizer, prefix: str) -> dict[str, torch.Tensor]:
-    """An optimizer's per-parameter tensors as flat tensors, `{prefix}{index}.{name}` (safetensors holds no dicts)."""
-    return {
-        f"{prefix}{index}.{name}": value.detach().cpu().contiguous()
-        for index, state in optimizer.state_dict()["state"].items()
-        for name, value in state.items()
-        if isinstance(value, torch.Tensor)
-    }
-
-
-def optimizer_numbers(optimizer) -> dict[str, int | float]:
-    """An optimizer's per-parameter plain numbers, `{index}.{name}` (bitsandbytes keeps its step as an int, which
-    must come back an int, not a tensor)."""
-    return {
-        f"{index}.{name}": value
-        for index, state in optimizer.state_dict()["state"].items()
-        for name, value in state.items()
-        if not isinstance(value, torch.Tensor)
-    }
+def flatten_optimizer_state(optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, int | float]]:
+    """An optimizer's per-parameter state, flat (safetensors holds no dicts): its tensors as `{prefix}{index}.{name}`,
+    and its plain numbers as `{index}.{name}` (bitsandbytes keeps its step as an int, which must come back an int)."""
+    tensors, numbers = {}, {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                numbers[f"{index}.{name}"] = value
+    return tensors, numbers
 
 
 def optimizer_moments(
     tensors: dict[str, torch.Tensor], prefix: str, numbers: dict[str, int | float] | None = None
 ) -> dict[int, dict]:
-    """The per-parameter state `optimizer_tensors` (and `optimizer_numbers`) flattened, back as an optimizer state
-    dict's "state"."""
+    """The per-parameter state `flatten_optimizer_state` flattened, back as an optimizer state dict's "state"."""
     flat = {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
     state = {}
     for key, value in {**flat, **(numbers or {})}.items():
