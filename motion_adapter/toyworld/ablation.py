@@ -53,7 +53,7 @@ from ..training.config import TrainConfig, rate_for_rank
 from ..training.data import read_metadata
 from ..training.loop import train_motion
 from .ablation_report import format_table, plot, summarize, sweep_means
-from .composition import _composition_seed, _composition_summary
+from .composition import composition_seed, composition_summary
 from .demo import (
     EXAMPLE_APPEARANCES,
     GUIDANCE,
@@ -68,15 +68,15 @@ from .model import load_pipeline
 from .runs import (
     SAMPLES_PER_PROMPT,
     SCORING_STEPS,
-    _files_digest,
-    _fresh_pipe,
-    _recorded,
-    _sample,
-    _save_readings,
-    _Settings,
-    _weights_digest,
-    _write_json,
-    _write_text,
+    Settings,
+    files_digest,
+    fresh_pipe,
+    recorded,
+    sample_for_scoring,
+    save_readings,
+    weights_digest,
+    write_json,
+    write_text,
 )
 from .sampling import quality_prompts
 from .world import COLORS, HELD_OUT_MOTIONS, SHAPES, caption, parse_caption
@@ -189,7 +189,7 @@ def run_ablation(
         raise ValueError(f"the ablation teaches motions the base never saw: some of {', '.join(HELD_OUT_MOTIONS)}")
     if not seeds:
         raise ValueError("give at least one seed")
-    s = _Settings(
+    s = Settings(
         out=Path(output_dir),
         steps=steps if steps is not None else preset["steps"],
         prompts_per_run=prompts_per_run if prompts_per_run is not None else preset["prompts_per_run"],
@@ -200,7 +200,7 @@ def run_ablation(
         if getattr(s, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(s, name)}")
     new_appearance_prompts(s.prompts_per_run)  # refuses more than the world has, before any work
-    s.base = _weights_digest(s.pipe_factory())
+    s.base = weights_digest(s.pipe_factory())
     workers = workers or os.cpu_count() or 1
     results = {
         "settings": {"motions": motions, "seeds": seeds, "steps": s.steps, "prompts_per_run": s.prompts_per_run,
@@ -223,8 +223,8 @@ def run_ablation(
     results["runs"] = [runs[(v.name, *cell)] for v in unique for cell in cells]
     results["summary"] = summarize(results["runs"])
     results["seconds"] = round(time.perf_counter() - started, 1)
-    _write_json(s.out / "runs.json", results)
-    _write_text(s.out / "table.md", format_table(results))
+    write_json(s.out / "runs.json", results)
+    write_text(s.out / "table.md", format_table(results))
     atomic_write_bytes(s.out / "plot.png", plot(results))
     return results
 
@@ -295,7 +295,7 @@ def _run_jobs(pool, workers: int, jobs: list[tuple[int, Callable, Callable]], pr
                 progress.update(1)
 
 
-def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list[tuple[str, int]], results: dict,
+def _grid(s: Settings, pool, workers: int, variants: list[Variant], cells: list[tuple[str, int]], results: dict,
           progress, *, composition: bool) -> dict:  # fmt: skip
     """Every run of the grid, each started as soon as what it needs is done: the learning-rate sweeps (on
     `_sweep_cells`), the other trainings, the scores of the compressed adapters, and the composition study (on the first
@@ -316,7 +316,7 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
                  for v in variants if v.compressed_of == run["variant"]]  # fmt: skip
         if composition and run["variant"] == GRID_DEFAULT.name and run["motion"] == first_motion:
             recipe = _config(s, GRID_DEFAULT, seed=run["seed"], learning_rate=None)  # the default run's
-            after.append((_FIRST, partial(_composition_seed, s, run, recipe), partial(_keep, composed, run["seed"])))
+            after.append((_FIRST, partial(composition_seed, s, run, recipe), partial(_keep, composed, run["seed"])))
         return after
 
     def sweep_ran(v: Variant, run: dict) -> list:
@@ -341,7 +341,7 @@ def _grid(s: _Settings, pool, workers: int, variants: list[Variant], cells: list
     results["lr_sweeps"] = {v.name: sweeps[v.name] for v in variants if v.learning_rates}
     if composition:
         per_seed = [composed[seed] for motion, seed in cells if motion == first_motion]
-        results["composition"] = _composition_summary(first_motion, per_seed)
+        results["composition"] = composition_summary(first_motion, per_seed)
     return runs
 
 
@@ -387,7 +387,7 @@ def _sweep_record(runs: list[dict], rates: Sequence[float]) -> dict:
 
 
 def _train_and_score(
-    s: _Settings, variant: Variant, *, motion: str, seed: int, learning_rate: float | None = None, folder=None
+    s: Settings, variant: Variant, *, motion: str, seed: int, learning_rate: float | None = None, folder=None
 ) -> dict:
     """One run (recorded in its folder's run.json): render the examples and regularization, train on a fresh base,
     score the adapter."""
@@ -395,14 +395,14 @@ def _train_and_score(
     config = _config(s, variant, seed=seed, learning_rate=learning_rate)
     examples, appearances = _examples(folder / "examples", motion, seed=seed, count=variant.examples)
     identity = {"base": s.base, "variant": variant.recipe(), "config": dataclasses.asdict(config),
-                "motion": motion, "examples": _files_digest(examples),
+                "motion": motion, "examples": files_digest(examples),
                 "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts,
                 "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE]}  # fmt: skip
-    return _recorded(folder / "run.json", identity, partial(_train_and_score_now, s, variant, motion, seed, config,
+    return recorded(folder / "run.json", identity, partial(_train_and_score_now, s, variant, motion, seed, config,
                                                             folder, examples, appearances))  # fmt: skip
 
 
-def _train_and_score_now(s: _Settings, variant: Variant, motion: str, seed: int, config: TrainConfig, folder: Path,
+def _train_and_score_now(s: Settings, variant: Variant, motion: str, seed: int, config: TrainConfig, folder: Path,
                          examples: list[Path], appearances: list[tuple[str, str]]) -> dict:  # fmt: skip
     started = time.perf_counter()
     reg_data = None
@@ -414,7 +414,7 @@ def _train_and_score_now(s: _Settings, variant: Variant, motion: str, seed: int,
             config = config.replace(reg_source="generated", reg_prompts=captions)
         else:
             reg_data = folder / "regularization"
-    pipe = _fresh_pipe(s)
+    pipe = fresh_pipe(s)
     result = train_motion(pipe, data=examples, token=TOKEN, output_dir=folder / "adapter", reg_data=reg_data,
                           config=config)  # fmt: skip
     scores = _score(s, pipe, motion=motion, seed=seed, appearances=appearances, folder=folder)
@@ -430,17 +430,17 @@ def _train_and_score_now(s: _Settings, variant: Variant, motion: str, seed: int,
     }  # fmt: skip
 
 
-def _score_compressed(s: _Settings, variant: Variant, parent: dict) -> dict:
+def _score_compressed(s: Settings, variant: Variant, parent: dict) -> dict:
     """Score the compressed adapter a full-delta run wrote, loaded into a fresh base (recorded beside the run's)."""
     folder = Path(parent["compressed_dir"]).parent
     identity = {"variant": variant.recipe(), "parent": parent}
-    return _recorded(folder / f"{variant.name}.json", identity, partial(_score_compressed_now, s, variant, parent,
+    return recorded(folder / f"{variant.name}.json", identity, partial(_score_compressed_now, s, variant, parent,
                                                                         folder))  # fmt: skip
 
 
-def _score_compressed_now(s: _Settings, variant: Variant, parent: dict, folder: Path) -> dict:
+def _score_compressed_now(s: Settings, variant: Variant, parent: dict, folder: Path) -> dict:
     started = time.perf_counter()
-    pipe = _fresh_pipe(s)
+    pipe = fresh_pipe(s)
     load_motion_adapter(pipe, parent["compressed_dir"], adapter_name=TOKEN)
     scores = _score(s, pipe, motion=parent["motion"], seed=parent["seed"],
                     appearances=parent["training_appearances"], folder=folder, name=variant.name)  # fmt: skip
@@ -456,7 +456,7 @@ def _factors(variant: Variant) -> list[str]:
     return [v.factor for v in GRID if v.name == variant.name]
 
 
-def _config(s: _Settings, variant: Variant, *, seed: int, learning_rate: float | None) -> TrainConfig:
+def _config(s: Settings, variant: Variant, *, seed: int, learning_rate: float | None) -> TrainConfig:
     """The demo's recipe with the run's seed and steps, the variant's changes and the swept rate."""
     rate = {"learning_rate": learning_rate} if learning_rate is not None else {}
     return train_config(**{"seed": seed, "max_train_steps": s.steps, **variant.overrides, **rate})
@@ -488,7 +488,7 @@ def new_appearance_prompts(count: int) -> list[str]:
     return [caption(shape, color, token=TOKEN) for shape, color in pairs[:count]]
 
 
-def _score(s: _Settings, pipe, *, motion: str, seed: int, appearances, folder: Path, name: str = "samples") -> dict:
+def _score(s: Settings, pipe, *, motion: str, seed: int, appearances, folder: Path, name: str = "samples") -> dict:
     """Motion accuracy and copy score on new appearances, prior preservation on pretraining prompts.
 
     The adapters are fused first: sampling then costs what the base costs, with the same outputs up to rounding.
@@ -496,11 +496,11 @@ def _score(s: _Settings, pipe, *, motion: str, seed: int, appearances, folder: P
     base_prior = s.base_prior[seed]
     fuse_motion_adapters(pipe)
     prompts = [p for p in new_appearance_prompts(s.prompts_per_run) for _ in range(SAMPLES_PER_PROMPT)]
-    clips = _sample(pipe, prompts, seed=seed * 1000)
+    clips = sample_for_scoring(pipe, prompts, seed=seed * 1000)
     report = evaluate(clips, prompts, tokens={TOKEN: motion}, training_appearances=appearances)
     prior_prompts = [c.prompt for c in base_prior.clips]
-    prior = evaluate(_sample(pipe, prior_prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prior_prompts)
-    _save_readings(folder / f"{name}.png", clips, report)
+    prior = evaluate(sample_for_scoring(pipe, prior_prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prior_prompts)
+    save_readings(folder / f"{name}.png", clips, report)
     return {
         "motion_accuracy": report.motion_accuracy,
         "copy_score": report.copy_score,
@@ -511,7 +511,7 @@ def _score(s: _Settings, pipe, *, motion: str, seed: int, appearances, folder: P
     }  # fmt: skip
 
 
-def _base_prior(s: _Settings, seed: int):
+def _base_prior(s: Settings, seed: int):
     """The base's report on the prior-preservation prompts of one seed (computed once, used by every run)."""
     prompts = quality_prompts(s.prior_prompts, seed=seed)
-    return evaluate(_sample(_fresh_pipe(s), prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prompts)
+    return evaluate(sample_for_scoring(fresh_pipe(s), prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prompts)

@@ -3,7 +3,7 @@ motion ("pll", a default run of the grid), trained apart and loaded together, wi
 against the paper's joint training.
 
 The grid (`ablation`) starts one study per seed of its first motion's default runs; each is recorded in
-composition/s<seed>/composition.json under the grid's folder, and `_composition_summary` makes runs.json's
+composition/s<seed>/composition.json under the grid's folder, and `composition_summary` makes runs.json's
 "composition".
 """
 
@@ -26,12 +26,12 @@ from .evaluate import evaluate
 from .runs import (
     SAMPLES_PER_PROMPT,
     SCORING_STEPS,
-    _files_digest,
-    _fresh_pipe,
-    _recorded,
-    _sample,
-    _save_readings,
-    _Settings,
+    Settings,
+    files_digest,
+    fresh_pipe,
+    recorded,
+    sample_for_scoring,
+    save_readings,
 )
 from .world import COLORS, HELD_OUT_SHAPES, render
 
@@ -46,7 +46,7 @@ SUBJECT_RATE = 1e-3  # composed with the bounce: 56% both right against 28% at t
 SUBJECT_TIMESTEPS = "uniform"
 
 
-def _composition_seed(s: _Settings, default_run: dict, recipe: TrainConfig) -> dict:
+def composition_seed(s: Settings, default_run: dict, recipe: TrainConfig) -> dict:
     """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back.
 
     `recipe` is the config the default run trained with: the joint training's, and the subject's but for its rate
@@ -59,14 +59,14 @@ def _composition_seed(s: _Settings, default_run: dict, recipe: TrainConfig) -> d
     write_examples(folder / "examples", motion, seed=seed)  # the joint training's
     drawn = sorted(images.iterdir()) + sorted((folder / "examples").iterdir())
     identity = {"base": s.base, "default_run": default_run, "prompts_per_run": s.prompts_per_run,
-                "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE], "drawn": _files_digest(drawn),
+                "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE], "drawn": files_digest(drawn),
                 "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject),
                             "images": SUBJECT_IMAGES}}  # fmt: skip
-    return _recorded(folder / "composition.json", identity,
+    return recorded(folder / "composition.json", identity,
                      partial(_composition_seed_now, s, default_run, folder, recipe, subject, images))  # fmt: skip
 
 
-def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, recipe: TrainConfig, subject: TrainConfig,
+def _composition_seed_now(s: Settings, default_run: dict, folder: Path, recipe: TrainConfig, subject: TrainConfig,
                           images: Path) -> dict:  # fmt: skip
     """Subject "sks" (a star, from still images) with the default run's motion "pll", for that run's seed:
     trained apart and loaded together, then with per-group weights, and trained jointly (the motion's layers and the
@@ -74,10 +74,10 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, recipe:
     temporal one; where neither adapter has a group to turn off they are the composed pipeline's, whose scores are
     then reused, not sampled twice."""
     motion, seed = default_run["motion"], default_run["seed"]
-    train_subject(_fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,
+    train_subject(fresh_pipe(s), data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD,
                   output_dir=folder / SUBJECT_TOKEN, config=subject)  # fmt: skip
     scores = {}
-    pipe = _fresh_pipe(s)
+    pipe = fresh_pipe(s)
     load_motion_adapter(pipe, folder / SUBJECT_TOKEN, adapter_name=SUBJECT_TOKEN)
     load_motion_adapter(pipe, default_run["adapter_dir"], adapter_name=TOKEN)
     scores["separate, composed"] = _score_composition(pipe, motion, seed, s.prompts_per_run, folder / "composed.png")
@@ -93,7 +93,7 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, recipe:
 
     write_regularization(folder / "regularization", seed=seed, near=motion)
     joint = recipe.replace(max_train_steps=2 * s.steps, motion_first_steps=s.steps // 2)
-    pipe = _fresh_pipe(s)
+    pipe = fresh_pipe(s)
     train_subject(pipe, data=images, token=SUBJECT_TOKEN, class_word=SUBJECT_CLASS_WORD, output_dir=folder / "joint",
                   config=joint, preset=f"{recipe.preset}+appearance", motion_data=folder / "examples",
                   motion_token=TOKEN, reg_data=folder / "regularization")  # fmt: skip
@@ -101,7 +101,7 @@ def _composition_seed_now(s: _Settings, default_run: dict, folder: Path, recipe:
     return scores
 
 
-def _composition_summary(motion: str, per_seed: list[dict]) -> dict:
+def composition_summary(motion: str, per_seed: list[dict]) -> dict:
     """The composition's runs per method, with mean and spread over seeds."""
     methods = {name: [scores[name] for scores in per_seed] for name in per_seed[0]}
     return {
@@ -143,9 +143,9 @@ def _score_composition(pipe, motion: str, seed: int, count: int, picture: Path) 
     subjects = [SUBJECT_TOKEN] + [f"{color} {SUBJECT_TOKEN}" for color in COLORS]
     prompts = [f"a {subjects[i % len(subjects)]} doing the {TOKEN}" for i in range(count)]
     prompts = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)]
-    clips = _sample(pipe, prompts, seed=seed * 1000)
+    clips = sample_for_scoring(pipe, prompts, seed=seed * 1000)
     report = evaluate(clips, prompts, tokens={TOKEN: motion, SUBJECT_TOKEN: SUBJECT_SHAPE})
-    _save_readings(picture, clips, report)
+    save_readings(picture, clips, report)
     return {
         "seed": seed,
         "shape_accuracy": float(np.mean([c.shape_ok for c in report.clips])),

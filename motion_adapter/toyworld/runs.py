@@ -22,7 +22,7 @@ SCORING_STEPS = 10
 
 
 @dataclass
-class _Settings:
+class Settings:
     """What every run of one ablation shares (sent to the worker processes with each job)."""
 
     out: Path
@@ -30,14 +30,14 @@ class _Settings:
     prompts_per_run: int
     prior_prompts: int
     pipe_factory: Callable
-    base: str = ""  # `_weights_digest` of the base
+    base: str = ""  # `weights_digest` of the base
     base_prior: dict = field(default_factory=dict)  # seed -> the base's EvaluationReport on the prior prompts
 
 
 # ---------------------------------------------------------------- records
 
 
-def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
+def recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
     """`run()`'s record, kept in `path`; read back instead when an earlier call made it with the same identity.
 
     A grid of two hours that stops (a crash, a closed laptop) resumes where it stopped when run again into the
@@ -49,11 +49,11 @@ def _recorded(path: Path, identity: dict, run: Callable[[], dict]) -> dict:
         if record.pop("identity", None) == identity:
             return record
     record = json.loads(json.dumps(run()))  # the same types as a record read back
-    _write_json(path, {**record, "identity": identity})
+    write_json(path, {**record, "identity": identity})
     return record
 
 
-def _files_digest(paths: Sequence[Path]) -> str:
+def files_digest(paths: Sequence[Path]) -> str:
     """A short hash of files' bytes: recorded runs and composition studies are reused only on the same example
     clips and subject images (the world may have changed how it draws a motion or a shape since)."""
     digest = hashlib.sha256()
@@ -62,7 +62,7 @@ def _files_digest(paths: Sequence[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _weights_digest(pipe) -> str:
+def weights_digest(pipe) -> str:
     """A short hash of a base pipeline's weights: recorded runs are reused only on the same base."""
     digest = hashlib.sha256()
     for model in (pipe.unet, pipe.text_encoder, pipe.vae):
@@ -75,18 +75,19 @@ def _weights_digest(pipe) -> str:
 # ---------------------------------------------------------------- sampling
 
 
-def _fresh_pipe(s: _Settings):
+def fresh_pipe(s: Settings):
+    """A base pipeline no adapter has touched, its progress bars off (a grid's runs print their own)."""
     pipe = s.pipe_factory()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _sample(pipe, prompts: list[str], *, seed: int) -> list[np.ndarray]:
+def sample_for_scoring(pipe, prompts: list[str], *, seed: int) -> list[np.ndarray]:
     """Clips with the demo's guidance and SCORING_STEPS steps, batched; clip i is seeded `seed + i`."""
     return sample_clips(pipe, prompts, seed=seed, num_inference_steps=SCORING_STEPS, guidance_scale=GUIDANCE)
 
 
-def _save_readings(path: Path, clips, report, count: int = 8) -> None:
+def save_readings(path: Path, clips, report, count: int = 8) -> None:
     """The first clips as rows of frames, each labelled with the motion, colour and shape read off it."""
     labels = [f"{c.found_motion} {c.found_color} {c.found_shape}" for c in report.clips]
     save_grid(path, clips[:count], labels=labels[:count])
@@ -95,9 +96,10 @@ def _save_readings(path: Path, clips, report, count: int = 8) -> None:
 # ---------------------------------------------------------------- files
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write a grid output whole or not at all (a grid stopped midway leaves no half-written record)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _write_json(path: Path, data: dict) -> None:
-    _write_text(path, json.dumps(data, indent=1))
+def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=1))

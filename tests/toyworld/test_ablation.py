@@ -13,7 +13,7 @@ from motion_adapter.cli import _ablate, build_parser, main
 from motion_adapter.toyworld import ablation, ablation_report, composition, world
 from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
 from motion_adapter.toyworld.model import WEIGHTS_DIR, load_pipeline
-from motion_adapter.toyworld.runs import SAMPLES_PER_PROMPT, _Settings
+from motion_adapter.toyworld.runs import SAMPLES_PER_PROMPT, Settings
 from motion_adapter.toyworld.world import parse_caption
 from motion_adapter.training.loop import train_motion
 
@@ -145,7 +145,7 @@ def test_a_sweep_reads_two_motions_and_its_chosen_runs_join_the_grid(tmp_path, m
     monkeypatch.setattr(ablation, "_train_and_score", train_and_score)
     variant = ablation.Variant("swept", "tuning", "swept", {"rank": 4}, learning_rates=(1e-3, 3e-3, 1e-2))
     cells = [(motion, seed) for motion in ("bounce", "orbit", "zigzag") for seed in (0, 1)]
-    s = _Settings(out=tmp_path, steps=1, prompts_per_run=1, prior_prompts=1, pipe_factory=None)
+    s = Settings(out=tmp_path, steps=1, prompts_per_run=1, prior_prompts=1, pipe_factory=None)
     results = {}
     runs = ablation._grid(s, None, 1, [variant], cells, results, tqdm(disable=True), composition=False)
     sweep = results["lr_sweeps"]["swept"]
