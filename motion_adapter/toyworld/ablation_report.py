@@ -160,7 +160,9 @@ def _sweep_lines(sweeps: dict) -> list[str]:
     return lines
 
 
-_PANEL = dict(bar=56, gap=18, height=300, top=34, bottom=70, left=40, title=24, max_width=1100)  # pixels
+# Pixels, but for the bars' labels: wrapped at label_width characters, label_lines of them under each bar.
+_PANEL = dict(bar=56, gap=18, height=312, top=34, bottom=82, left=40, title=24, max_width=1100, label_width=11,
+              label_lines=6)  # fmt: skip
 
 
 def plot(results: dict) -> bytes:
@@ -210,7 +212,7 @@ def _panel(draw, font, x0: int, y0: int, factor: str, bars, summary: dict) -> No
         for y in (base - high * scale, base - low * scale):
             draw.line((centre - 6, y, centre + 6, y), fill="black")
         draw.text((left, base - mean * scale - 13), f"{mean:.0f}", fill="black", font=font)
-        wrapped = textwrap.wrap(label, width=11)[:5]
+        wrapped = textwrap.wrap(label, width=p["label_width"])[: p["label_lines"]]
         for k, line in enumerate(wrapped):
             draw.text((left - p["gap"] // 2, base + 4 + 12 * k), line, fill="black", font=font)
 

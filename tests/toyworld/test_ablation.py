@@ -1,8 +1,10 @@
 """The ablation's machinery: the grid as data, and a two-variant grid of a few steps on the shipped base."""
 
+import dataclasses
 import functools
 import json
 import math
+import textwrap
 
 import pytest
 from PIL import Image
@@ -11,7 +13,7 @@ from tqdm import tqdm
 from motion_adapter import inspect
 from motion_adapter.cli import _ablate, build_parser, main
 from motion_adapter.toyworld import ablation, ablation_report, composition, world
-from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES
+from motion_adapter.toyworld.demo import EXAMPLE_APPEARANCES, train_config
 from motion_adapter.toyworld.model import WEIGHTS_DIR, load_pipeline
 from motion_adapter.toyworld.runs import SAMPLES_PER_PROMPT, Settings
 from motion_adapter.toyworld.world import parse_caption
@@ -28,6 +30,14 @@ def _changes(variant: ablation.Variant) -> int:
     default = ablation.GRID_DEFAULT
     other_data = (variant.regularization != default.regularization) + (variant.examples != default.examples)
     return len(variant.overrides) + other_data + (variant.compressed_of is not None)
+
+
+def test_every_label_of_the_grid_fits_under_its_bar_in_the_plot():
+    fields = dataclasses.asdict(train_config())
+    panel = ablation_report._PANEL
+    for variant in ablation.GRID:
+        label = variant.label.format(**fields)
+        assert len(textwrap.wrap(label, width=panel["label_width"])) <= panel["label_lines"], label
 
 
 def test_the_grid_changes_one_factor_at_a_time():
