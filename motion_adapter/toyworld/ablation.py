@@ -1,13 +1,13 @@
 """The paper's ablation on the tiny world: `run_ablation` customizes the shipped base under each setting of a grid.
 
-The grid (`GRID`) is a table of variants, one factor changed at a time around the default, which is the demo's
-recipe (`demo.train_config()`, six example clips, real regularization clips): the layers customized, the
-timestep sampling, the regularization, the tuning (LoRA ranks, a full delta and its rank-16 compression, each
-with a learning rate picked by a small sweep), and the number of example clips. Every variant is trained on
-every held-out motion and several seeds, each run on a fresh base, and scored by the analytic evaluator on
-appearances the examples never showed: motion accuracy, copy score, prior preservation (motion accuracy on
-pretraining-motion prompts with the adapter, minus the base's), adapter size and training time. Then the
-composition study (`composition`): a subject learned from still images with the default runs' motion.
+The grid (`GRID`) is a table of variants, one factor changed at a time around the default, which is the demo's recipe
+(`demo.train_config()`, six example clips, real regularization clips of the motions nearest the taught one): the layers
+customized, the timestep sampling, the regularization, the tuning (LoRA ranks, a full delta and its rank-16 compression,
+each with a learning rate picked by a small sweep), and the number of example clips. Every variant is trained on every
+held-out motion and several seeds, each run on a fresh base, and scored by the analytic evaluator on appearances the
+examples never showed: motion accuracy, copy score, prior preservation (motion accuracy on pretraining-motion prompts
+with the adapter, minus the base's), adapter size and training time. Then the composition study (`composition`): a
+subject learned from still images with the default runs' motion.
 
 Outputs in output_dir: runs.json (every run, the sweeps, the composition), table.md (the paper's layout: accuracy /
 copy per variant, grouped by factor; then each variant's accuracy per motion, per run and by the shape asked for)
@@ -19,16 +19,13 @@ as what they need is done (`_run_jobs`): the sweeps and the composition first, t
 scorings last.
 
 Cost, measured on the 2-core development machine with two workers (one torch thread each): the full grid (five motions,
-two seeds, 300 steps: 188 trainings, 10 compressed scorings, 2 composition studies) made from nothing at commit bb1cb7e
-took 8,308 s (2 h 18 min 28 s, nothing else running, on a day the machine trained 11% slower than for the grid before:
-7,491 s at b610ce0; 2 h 2 min 37 s at d835db8, its jobs packed to within about 20 s of the work): over the 2-hour
-budget. The sweeps read two motions since commit d26aecc (eight trainings more, about 6 minutes of the two cores), and
-the row reg-nearby came at 534a14b (ten trainings, about 8 minutes); not timed from nothing since. A run is 41 to 97 s
-of training beside another and about 13 s of scoring. 100 steps would fit but learned next to nothing (at most 12% in 14
-runs, a grid stopped early); the history of these figures is in docs/ablation.md.
-`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 3 min 56 s with two workers
-at commit d92ba6f, nothing else running, its composition beside the trainings (6 min 3 s at 6996b65, before the
-batched step and the 10-step scoring).
+two seeds, 300 steps: 206 trainings, 10 compressed scorings, 2 composition studies) made from nothing at commit 2bd9162
+took 5,714 s (1 h 35 min 14 s, nothing else running but for a minute of tests), on a day the machine trained 1.5 to 1.9
+times as fast as on the day of the grid before's timing (bb1cb7e: 8,308 s for 188 trainings); such a day would make it
+about 2 h 30 min. A run is 29 to 76 s of training beside another and about 8 s of scoring. 200 steps learn too little
+(73.8% for the recipe, ten runs); the history of these figures is in docs/ablation.md and docs/ablation-history.md.
+`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 2 min 45 s with two workers
+at commit 2d91209, nothing else running, on the fast day of the full grid above (3 min 56 s at d92ba6f).
 """
 
 import dataclasses

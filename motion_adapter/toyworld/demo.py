@@ -42,14 +42,16 @@ def train_config(**overrides) -> TrainConfig:
     temporal layers alone, and cubic timesteps.
 
     The temporal layers alone (`preset="temporal"`) rather than the paper's temporal layers + spatial cross-attention
-    k/v: on this base they read the held-out motions better, ahead in 19 of 31 paired runs (same motion and seed, the
-    demo's and the ablation grids'; 9 behind, 3 even; docs/ablation.md).
+    k/v: on this base they read the held-out motions better, ahead in 19 of 31 paired runs around coarse timesteps (same
+    motion and seed, the demo's and the ablation grids'; 9 behind, 3 even) and in 7 of 10 in the ablation grid at
+    commit 2bd9162 (87.5 against 73%, 1 behind; docs/ablation.md).
     Cubic timesteps (`timestep_sampling="cubic"`, half the steps in the noisiest eighth) rather than the paper's
     coarse: ahead on average wherever measured. At commit d03e58f (zigzag clips still starting either way)
     `run_demo` at 500 steps read the five held-out motions off 71% of new-appearance clips with cubic, 66% with
     coarse (20 runs each: five motions, seeds 0 to 3; cubic ahead in 10, behind in 9), the bounce 83 / 92 / 96 / 88%
-    at seeds 0 to 3 (coarse 92 / 100 / 83 / 88%; the base 0%); the full ablation grid at 300 steps read 85% against
-    68% (ten runs each, ahead in 7, behind in 3; 70 against 57% before the zigzag was mended).
+    at seeds 0 to 3 (coarse 92 / 100 / 83 / 88%; the base 0%); the ablation grid at 300 steps read 87.5% against
+    75% at commit 2bd9162 (ten runs each, ahead in 5, behind in 2), 85 against 68% around regularization clips of any
+    motion, 70 against 57% before the zigzag was mended.
 
     Tuning history, the paper's preset on the bounce: a cosine schedule at 6e-3 read 88 / 88 / 79% (seeds 0 / 1 /
     2). Before video.py's GIF fix the demo trained on damaged examples (about a quarter of the frames of its GIFs
