@@ -19,13 +19,14 @@ as what they need is done (`_run_jobs`): the sweeps and the composition first, t
 scorings last.
 
 Cost, measured on the 2-core development machine with two workers (one torch thread each): the full grid (five motions,
-two seeds, 300 steps: 206 trainings, 10 compressed scorings, 2 composition studies) made from nothing at commit 2bd9162
-took 5,714 s (1 h 35 min 14 s, nothing else running but for a minute of tests), on a day the machine trained 1.5 to 1.9
-times as fast as on the day of the grid before's timing (bb1cb7e: 8,308 s for 188 trainings); such a day would make it
-about 2 h 30 min. A run is 29 to 76 s of training beside another and about 8 s of scoring. 200 steps learn too little
-(73.8% for the recipe, ten runs); the history of these figures is in docs/ablation.md and docs/ablation-history.md.
+two seeds, 300 steps: 216 trainings, 10 compressed scorings, 2 composition studies) made from nothing at commit 48d2396
+took 5,782 s (1 h 36 min 22 s, in two commands, nothing else running), on a day the machine trained 1.5 to 1.9 times as
+fast as on the day of an earlier grid's timing (bb1cb7e: 8,308 s for 188 trainings); such a day would make it about
+2 h 30 min. A run is 27 to 57 s of training beside another and about 10 s for its clips and scoring. 200 steps learn
+too little (73.8% for the rank-8 recipe, ten runs); the history of these figures is in docs/ablation.md and
+docs/ablation-history.md.
 `QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 2 min 45 s with two workers
-at commit 2d91209, nothing else running, on the fast day of the full grid above (3 min 56 s at d92ba6f).
+at commit 2d91209 (the rank-8 recipe), nothing else running, on a day as fast (3 min 56 s at d92ba6f).
 """
 
 import dataclasses
@@ -87,7 +88,7 @@ def lora_rates(rank: int) -> tuple[float, ...]:
     """A LoRA's swept rates: a factor of 3 apart around the recipe's rate times the root of its rank over this one.
 
     A LoRA's best rate falls with its rank, about as rsLoRA has it: rates suited to rank 16 and 64 read 82 and 85%
-    where the recipe's 3e-3 read 77 and 56% (docs/ablation.md, Reading, LoRA; docs/ablation-history.md).
+    where rank 8's 3e-3 read 77 and 56% (docs/ablation.md, Reading, LoRA; docs/ablation-history.md).
     """
     recipe = train_config()
     centre = rate_for_rank(recipe.lr, recipe.rank, rank)

@@ -134,7 +134,7 @@ def test_jobs_run_lowest_rank_first_and_start_the_jobs_they_unlock(tmp_path):
 def test_lora_rates_fall_with_the_rank_around_the_recipes_rate():
     recipe = ablation.train_config()
     assert ablation.lora_rates(recipe.rank)[1] == recipe.lr
-    for rank in (4, 16, 64):
+    for rank in (4, 8, 64):
         low, centre, high = ablation.lora_rates(rank)
         assert math.isclose(centre, recipe.lr * math.sqrt(recipe.rank / rank), rel_tol=0.05)  # 2 digits
         assert math.isclose(high / centre, 3, rel_tol=0.1) and math.isclose(centre / low, 3, rel_tol=0.1)
