@@ -58,7 +58,8 @@ def train_config(**overrides) -> TrainConfig:
     at 3e-3: as accurate, and it keeps more of the base's own motions. In the ablation grid at commit 2bd9162 both read
     87.5% (ahead in 4 of 10 pairs, behind in 4), prior preservation -6.25 against -11.25 points (ahead in 5, behind in
     1); around regularization clips of any motion 82.5 against 85%, prior -8.75 against -13.75 (ahead in 7, behind in
-    2). The grid made around rank 16 (commit 48d2396) kept the other rows' order (docs/ablation.md).
+    2). The grid made around rank 16 (commit 48d2396) read the same 87.5% at -6.25 and kept the order of the layers
+    and of the timestep samplers (docs/ablation.md).
     300 steps, the grid's, rather than the 500 the demo took until then: `run_demo` at seeds 0 to 3 (one torch thread a
     run, commit 48d2396) read the bounce off 96 / 83 / 83 / 75% at rank 16 with 300 steps (84%) and 71 / 88 / 75 / 62.5%
     with 500 (74%: longer training lost what the grid's 300 steps learn); rank 8 at 3e-3 read 92 / 88 / 79 / 79% with
