@@ -398,7 +398,7 @@ def _train_and_score(
                 "prompts_per_run": s.prompts_per_run, "prior_prompts": s.prior_prompts,
                 "sampling": [SAMPLES_PER_PROMPT, SCORING_STEPS, GUIDANCE]}  # fmt: skip
     return recorded(folder / "run.json", identity, partial(_train_and_score_now, s, variant, motion, seed, config,
-                                                            folder, examples, appearances))  # fmt: skip
+                                                           folder, examples, appearances))  # fmt: skip
 
 
 def _train_and_score_now(s: Settings, variant: Variant, motion: str, seed: int, config: TrainConfig, folder: Path,
@@ -434,7 +434,7 @@ def _score_compressed(s: Settings, variant: Variant, parent: dict) -> dict:
     folder = Path(parent["compressed_dir"]).parent
     identity = {"variant": variant.recipe(), "parent": parent}
     return recorded(folder / f"{variant.name}.json", identity, partial(_score_compressed_now, s, variant, parent,
-                                                                        folder))  # fmt: skip
+                                                                       folder))  # fmt: skip
 
 
 def _score_compressed_now(s: Settings, variant: Variant, parent: dict, folder: Path) -> dict:

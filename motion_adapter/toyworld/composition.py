@@ -63,7 +63,7 @@ def composition_seed(s: Settings, default_run: dict, recipe: TrainConfig) -> dic
                 "subject": {"preset": subject_preset(subject), "config": dataclasses.asdict(subject),
                             "images": SUBJECT_IMAGES}}  # fmt: skip
     return recorded(folder / "composition.json", identity,
-                     partial(_composition_seed_now, s, default_run, folder, recipe, subject, images))  # fmt: skip
+                    partial(_composition_seed_now, s, default_run, folder, recipe, subject, images))  # fmt: skip
 
 
 def _composition_seed_now(s: Settings, default_run: dict, folder: Path, recipe: TrainConfig, subject: TrainConfig,
