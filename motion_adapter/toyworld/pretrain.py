@@ -455,7 +455,7 @@ def _save_checkpoint(output_dir, stage, step, model, optimizer, ema) -> Path:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    tensors.update(flatten_optimizer_state(optimizer, "adam.")[0])  # Adam keeps no plain numbers
+    tensors.update(flatten_optimizer_state(optimizer.state_dict()["state"], "adam.")[0])  # Adam keeps no plain numbers
     path = output_dir / _CHECKPOINTS / _checkpoint_name(stage, step)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_save_tensors(tensors, path, {"stage": stage, "step": str(step)})

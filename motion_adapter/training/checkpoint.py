@@ -35,12 +35,13 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 def save_checkpoint(output_dir: Path, step: int, params: list[torch.Tensor], optimizer, scheduler, key: dict) -> Path:
     """Write the trainable tensors and optimizer state after `step` optimizer steps; returns the folder."""
     tensors = {f"param.{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
-    optimizer_tensors, optimizer_numbers = flatten_optimizer_state(optimizer, "optimizer.")
+    optimizer_state = optimizer.state_dict()
+    optimizer_tensors, optimizer_numbers = flatten_optimizer_state(optimizer_state["state"], "optimizer.")
     tensors.update(optimizer_tensors)
     meta = {
         "step": step,
         "key": key,
-        "param_groups": optimizer.state_dict()["param_groups"],
+        "param_groups": optimizer_state["param_groups"],
         "optimizer_numbers": optimizer_numbers,
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
     }
@@ -97,11 +98,14 @@ def _damaged(folder: Path, name: str, error: Exception) -> ValueError:
     )
 
 
-def flatten_optimizer_state(optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, int | float]]:
-    """An optimizer's per-parameter state, flat (safetensors holds no dicts): its tensors as `{prefix}{index}.{name}`,
-    and its plain numbers as `{index}.{name}` (bitsandbytes keeps its step as an int, which must come back an int)."""
+def flatten_optimizer_state(
+    per_parameter: dict[int, dict], prefix: str
+) -> tuple[dict[str, torch.Tensor], dict[str, int | float]]:
+    """An optimizer state dict's "state" (per parameter), flat (safetensors holds no dicts): its tensors as
+    `{prefix}{index}.{name}`, and its plain numbers as `{index}.{name}` (bitsandbytes keeps its step as an int, which
+    must come back an int)."""
     tensors, numbers = {}, {}
-    for index, state in optimizer.state_dict()["state"].items():
+    for index, state in per_parameter.items():
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"{prefix}{index}.{name}"] = value.detach().cpu().contiguous()
