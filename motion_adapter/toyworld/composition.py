@@ -40,6 +40,14 @@ SUBJECT_SHAPE = HELD_OUT_SHAPES[0]
 SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave): the token's first embedding
 SUBJECT_COLORS = ("red", "blue", "green")
 SUBJECT_IMAGES = 16  # eight drew the star in about half the composed clips, sixteen in most (docs/ablation.md)
+# Where the images put the star's centre, as fractions of the canvas: about as far out as the held-out motions take a
+# shape (0.25 to 0.75; the spiral's last frames a little further). Placed between 0.4 and 0.6, the star was lost more
+# often where the motion took it: 56 against 47% both right on the bounce, 39 against 28% on the zigzag, over four
+# seeds (docs/ablation.md, Composition)
+SUBJECT_PLACES = (0.25, 0.75)
+# The subject's steps, times the motion's: half as many again drew the star more often beside the motion (66 against
+# 56% on the bounce, 45 against 39% on the zigzag, four seeds); twice as many, 61% on the bounce
+SUBJECT_STEP_FACTOR = 1.5
 SUBJECT_RATE = 1e-3  # composed with the bounce: 56% both right against 28% at the motion's 3e-3 (docs/ablation.md)
 # The subject's own sampler: composed with the recipe's cubic bounce adapters, subjects trained on uniform timesteps
 # read both right in 69% of clips, fine 53%, coarse 41%, cubic 28% (with coarse adapters: coarse 69%, uniform 53%)
@@ -49,12 +57,13 @@ SUBJECT_TIMESTEPS = "uniform"
 def composition_seed(s: Settings, default_run: dict, recipe: TrainConfig) -> dict:
     """`_composition_seed_now`, recorded in its folder's composition.json: a grid run again reads it back.
 
-    `recipe` is the config the default run trained with: the joint training's, and the subject's but for its rate
-    and timesteps.
+    `recipe` is the config the default run trained with: the joint training's, and the subject's but for its rate,
+    timesteps and steps (its layers: `subject_preset`).
     """
     motion, seed = default_run["motion"], default_run["seed"]
     folder = s.out / "composition" / f"s{seed}"
-    subject = recipe.replace(learning_rate=SUBJECT_RATE, timestep_sampling=SUBJECT_TIMESTEPS)  # layers: subject_preset
+    subject = recipe.replace(learning_rate=SUBJECT_RATE, timestep_sampling=SUBJECT_TIMESTEPS,
+                             max_train_steps=round(SUBJECT_STEP_FACTOR * recipe.max_train_steps))  # fmt: skip
     images = _write_subject_images(folder / "subject-images", seed=seed)
     write_examples(folder / "examples", motion, seed=seed)  # the joint training's
     drawn = sorted(images.iterdir()) + sorted((folder / "examples").iterdir())
@@ -119,7 +128,7 @@ def _write_subject_images(folder: Path, *, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(SUBJECT_IMAGES):
         color = SUBJECT_COLORS[i % len(SUBJECT_COLORS)]
-        pose = (*rng.uniform(0.4, 0.6, 2), rng.uniform(0.8, 1.2), rng.uniform(0.0, 360.0))
+        pose = (*rng.uniform(*SUBJECT_PLACES, 2), rng.uniform(0.8, 1.2), rng.uniform(0.0, 360.0))
         frame = render(SUBJECT_SHAPE, color, lambda u: pose, seed=seed * 100 + i, num_frames=2)[0]
         name = f"{SUBJECT_SHAPE}-{i}.png"
         with temporary_sibling(folder / name) as tmp:
