@@ -1,8 +1,8 @@
 """The paper's ablation on the tiny world: `motion-adapter toyworld ablate`, the same options, run from a checkout.
 
 runs.json, table.md, plot.png in --out. The full grid took 1 h 36 min 22 s on 2 CPU cores, made from nothing at commit
-48d2396 on a fast day of the machine (about 2 h 30 min on a slow one; docs/ablation.md); --quick 2 min 27 s at commit
-f1f6e97.
+48d2396 on a fast day of the machine (about 2 h 30 min on a slow one; docs/ablation.md); --quick 2 min 33 s at commit
+320a11a.
 
     python benchmarks/ablation.py [--quick] [--out DIR] [--base PIPELINE_DIR] [--motions bounce orbit ...]
         [--seeds 0 1 ...] [--variants default motion ...] [--steps N] [--prompts N] [--prior-prompts N]

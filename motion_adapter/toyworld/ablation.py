@@ -25,8 +25,9 @@ fast as on the day of an earlier grid's timing (bb1cb7e: 8,308 s for 188 trainin
 2 h 30 min. A run is 27 to 57 s of training beside another and about 10 s for its clips and scoring. 200 steps learn
 too little (73.8% for the rank-8 recipe, ten runs); the history of these figures is in docs/ablation.md and
 docs/ablation-history.md.
-`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 2 min 27 s with two workers
-at commit f1f6e97, nothing else running (2 min 45 s at 2d91209 with the rank-8 recipe; 3 min 56 s at d92ba6f).
+`QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 2 min 33 s with two workers
+at commit 320a11a, nothing else running (2 min 27 s at f1f6e97, before the subject's 1.5 times as many steps; 2 min 45 s
+at 2d91209 with the rank-8 recipe; 3 min 56 s at d92ba6f).
 """
 
 import dataclasses
