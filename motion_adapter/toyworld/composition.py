@@ -39,14 +39,15 @@ SUBJECT_TOKEN = "sks"
 SUBJECT_SHAPE = HELD_OUT_SHAPES[0]
 SUBJECT_CLASS_WORD = "cross"  # the pretraining shape nearest the star (concave): the token's first embedding
 SUBJECT_COLORS = ("red", "blue", "green")
-SUBJECT_IMAGES = 16  # eight drew the star in about half the composed clips, sixteen in most (docs/ablation.md)
+# Eight images drew the star in about half the composed clips, sixteen in most, twenty-four fewer (docs/ablation.md)
+SUBJECT_IMAGES = 16
 # Where the images put the star's centre, as fractions of the canvas: about as far out as the held-out motions take a
 # shape (0.25 to 0.75; the spiral's last frames a little further). Placed between 0.4 and 0.6, the star was lost more
 # often where the motion took it: 56 against 47% both right on the bounce, 39 against 28% on the zigzag, over four
 # seeds (docs/ablation.md, Composition)
 SUBJECT_PLACES = (0.25, 0.75)
-# The subject's steps, times the motion's: half as many again drew the star more often beside the motion (66 against
-# 56% on the bounce, 45 against 39% on the zigzag, four seeds); twice as many, 61% on the bounce
+# The subject's steps, times the motion's: half as many again read both right in more clips (66 against 56% on the
+# bounce, 45 against 39% on the zigzag, four seeds); twice as many, 61% on the bounce
 SUBJECT_STEP_FACTOR = 1.5
 SUBJECT_RATE = 1e-3  # composed with the bounce: 56% both right against 28% at the motion's 3e-3 (docs/ablation.md)
 # The subject's own sampler: composed with the recipe's cubic bounce adapters, subjects trained on uniform timesteps
