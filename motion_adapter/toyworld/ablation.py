@@ -82,7 +82,6 @@ from .world import COLORS, HELD_OUT_MOTIONS, SHAPES, caption, parse_caption
 
 FULL_RATES = (1e-4, 3e-4, 1e-3)  # a full delta moves every weight: smaller steps
 DEFAULT_EXAMPLES = 6  # the demo's: three appearances, two clips each
-_PRIOR_SEED_OFFSET = 500  # clip seeds of the prior-preservation prompts, apart from the new-appearance ones
 
 
 def lora_rates(rank: int) -> tuple[float, ...]:
@@ -208,7 +207,7 @@ def run_ablation(
                      "samples_per_prompt": SAMPLES_PER_PROMPT, "prior_prompts": s.prior_prompts, "quick": quick,
                      "inference_steps": SCORING_STEPS, "guidance_scale": GUIDANCE, "workers": workers},
         "variants": [dataclasses.asdict(v) for v in grid],
-        "base_prior_accuracy": {}, "runs": [], "lr_sweeps": {}, "composition": None,
+        "base_prior_accuracy": {}, "base_prior_clips": {}, "runs": [], "lr_sweeps": {}, "composition": None,
     }  # fmt: skip
     unique = list({v.name: v for v in grid}.values())
     cells = [(motion, seed) for motion in motions for seed in seeds]
@@ -219,6 +218,7 @@ def run_ablation(
         jobs = [(_FIRST, partial(_base_prior, s, seed), partial(_keep, s.base_prior, seed)) for seed in seeds]
         _run_jobs(pool, workers, jobs, progress)  # every run's scoring needs the base's
         results["base_prior_accuracy"] = {str(seed): s.base_prior[seed].motion_accuracy for seed in seeds}
+        results["base_prior_clips"] = {str(seed): _motions_read(s.base_prior[seed]) for seed in seeds}
         runs = _grid(s, pool, workers, unique, cells, results, progress, composition=composition)
     progress.close()
     results["runs"] = [runs[(v.name, *cell)] for v in unique for cell in cells]
@@ -500,19 +500,31 @@ def _score(s: Settings, pipe, *, motion: str, seed: int, appearances, folder: Pa
     clips = sample_for_scoring(pipe, prompts, seed=seed * 1000)
     report = evaluate(clips, prompts, tokens={TOKEN: motion}, training_appearances=appearances)
     prior_prompts = [c.prompt for c in base_prior.clips]
-    prior = evaluate(sample_for_scoring(pipe, prior_prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prior_prompts)
+    prior = evaluate(sample_for_scoring(pipe, prior_prompts, seed=prior_clip_seed(seed)), prior_prompts)
     save_readings(folder / f"{name}.png", clips, report)
     return {
         "motion_accuracy": report.motion_accuracy,
         "copy_score": report.copy_score,
         "appearance_accuracy": report.appearance_accuracy,
         "prior_preservation": prior_preservation(prior, base_prior),
+        "prior_clips": _motions_read(prior),
         "clips": [{"prompt": c.prompt, "motion": c.found_motion, "color": c.found_color, "shape": c.found_shape}
                   for c in report.clips],
     }  # fmt: skip
 
 
+def prior_clip_seed(seed: int) -> int:
+    """The first clip seed of a run's prior-preservation clips (clip i is seeded this + i), apart from the
+    new-appearance ones (seed * 1000 + i)."""
+    return seed * 1000 + 500
+
+
+def _motions_read(report) -> list[dict]:
+    """Each prior clip's prompt and the motion read off it: runs.json then shows which prompts a run lost."""
+    return [{"prompt": c.prompt, "motion": c.found_motion} for c in report.clips]
+
+
 def _base_prior(s: Settings, seed: int):
     """The base's report on the prior-preservation prompts of one seed (computed once, used by every run)."""
     prompts = quality_prompts(s.prior_prompts, seed=seed)
-    return evaluate(sample_for_scoring(fresh_pipe(s), prompts, seed=seed * 1000 + _PRIOR_SEED_OFFSET), prompts)
+    return evaluate(sample_for_scoring(fresh_pipe(s), prompts, seed=prior_clip_seed(seed)), prompts)

@@ -200,6 +200,21 @@ def test_every_output_is_written_and_parses(results):
 
 
 @needs_weights
+def test_the_prior_clips_recorded_add_up_to_the_prior_preservation(results):
+    out, _ = results
+    saved = json.loads((out / "runs.json").read_text())
+
+    def accuracy(clips):
+        return sum(clip["motion"] == parse_caption(clip["prompt"])[2] for clip in clips) / len(clips)
+
+    base = saved["base_prior_clips"]["0"]
+    assert len(base) == 2 and accuracy(base) == saved["base_prior_accuracy"]["0"]
+    for record in saved["runs"]:
+        assert [clip["prompt"] for clip in record["prior_clips"]] == [clip["prompt"] for clip in base]
+        assert 100 * (accuracy(record["prior_clips"]) - accuracy(base)) == pytest.approx(record["prior_preservation"])
+
+
+@needs_weights
 def test_the_table_has_a_row_per_variant(results):
     out, run = results
     table = (out / "table.md").read_text()

@@ -1,0 +1,81 @@
+"""How firmly a grid's prior-preservation readings stand: the base and one variant's adapters over many noise draws.
+
+`benchmarks/ablation.py` scores a run's prior preservation on one clip per pretraining prompt, against the base's
+clip from the same starting noise. This samples the same prompts from `--draws` starting noises each (the first is
+the grid's own), with the base and with the adapters of one variant of a finished grid, and prints how often the base
+reads each prompt right, and each run's prior preservation on the grid's draw beside that over all the draws.
+
+    python benchmarks/prior_floor.py --grid ablation-full [--variant default] [--draws 16]
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from motion_adapter import toyworld
+from motion_adapter.pipeline import fuse_motion_adapters, load_motion_adapter
+from motion_adapter.toyworld.ablation import prior_clip_seed
+from motion_adapter.toyworld.evaluate import evaluate
+from motion_adapter.toyworld.runs import sample_for_scoring
+from motion_adapter.toyworld.sampling import quality_prompts
+
+
+def readings(pipe, prompts: list[str], seed: int, draws: int) -> np.ndarray:
+    """(draws, prompts): 1 where the motion asked for is read off the clip. Draw 0 is the grid's."""
+    rows = []
+    for k in range(draws):
+        clips = sample_for_scoring(pipe, prompts, seed=prior_clip_seed(seed) + k * len(prompts))
+        rows.append([clip.motion_ok for clip in evaluate(clips, prompts).clips])
+    return np.array(rows, dtype=float)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", type=Path, required=True, help="a finished grid's folder (its runs.json)")
+    parser.add_argument("--variant", default="default", help="whose adapters to sample (default: default)")
+    parser.add_argument("--draws", type=int, default=16, help="starting noises per prompt (default: 16)")
+    args = parser.parse_args(argv)
+    started = time.time()
+    results = json.loads((args.grid / "runs.json").read_text())
+    count = results["settings"]["prior_prompts"]
+    runs = [run for run in results["runs"] if run["variant"] == args.variant]
+    if not runs:
+        raise SystemExit(f"{args.grid / 'runs.json'} has no run of variant {args.variant!r}")
+
+    def pipe_with(adapter=None):
+        pipe = toyworld.load_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        if adapter is not None:
+            load_motion_adapter(pipe, adapter)
+            fuse_motion_adapters(pipe)  # as the grid scores: the base's cost, the same clips up to rounding
+        return pipe
+
+    base = {}
+    for seed in sorted({run["seed"] for run in runs}):
+        prompts = quality_prompts(count, seed=seed)
+        base[seed] = readings(pipe_with(), prompts, seed, args.draws)
+        print(f"base, seed {seed}: {100 * base[seed][0].mean():.1f}% on the grid's draw, "
+              f"{100 * base[seed].mean():.1f}% over {args.draws} draws; read right in under 90% of the draws:")
+        for prompt, rate in zip(prompts, base[seed].mean(0)):
+            if rate < 0.9:
+                print(f"  {100 * rate:5.1f}%  {prompt}")
+    print(f"\n{args.variant}: prior preservation in points | motion | seed | grid's draw | over {args.draws} draws |")
+    on_grid_draw, over_draws = [], []
+    for run in runs:
+        seed = run["seed"]
+        adapter = args.grid / "runs" / args.variant / f"{run['motion']}-s{seed}" / "adapter"
+        adapted = readings(pipe_with(adapter), quality_prompts(count, seed=seed), seed, args.draws)
+        on_grid_draw.append(100 * (adapted[0].mean() - base[seed][0].mean()))
+        over_draws.append(100 * (adapted.mean() - base[seed].mean()))
+        print(f"| {run['motion']} | {seed} | {on_grid_draw[-1]:.1f} | {over_draws[-1]:.1f} |")
+        if abs(on_grid_draw[-1] - run["prior_preservation"]) > 1e-6:  # another base, or sampling changed since
+            print(f"  (the grid recorded {run['prior_preservation']:.1f} for this run)")
+    print(f"| mean | | {np.mean(on_grid_draw):.1f} | {np.mean(over_draws):.1f} |")
+    print(f"{time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
