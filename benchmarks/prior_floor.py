@@ -6,6 +6,21 @@ the grid's own), with the base and with the adapters of one variant of a finishe
 reads each prompt right, and each run's prior preservation on the grid's draw beside that over all the draws.
 
     python benchmarks/prior_floor.py --grid ablation-full [--variant default] [--draws 16]
+
+Measured at commit 7967bd4 (rows made by `python benchmarks/ablation.py --variants coarse reg-any spatial-kv
+--no-composition`, each run as in docs/ablation.md's grid; 11 to 29 min a variant on the 2-core machine, beside other
+work): the base reads seed 0's 16 prompts right in 82.8% of its clips over 16 draws (87.5% on the grid's draw), seed
+1's in 90.2% (81.2%); 9 of the 32 prompts in 38 to 62% of draws. Prior preservation, in points:
+
+| variant | grid's draw | over 16 draws |
+|---|---:|---:|
+| default | -9.4 | -15.2 |
+| coarse | -4.4 | -10.9 |
+| reg-any | -6.2 | -11.4 |
+| spatial-kv | -9.4 | -9.7 |
+
+Every row reads kinder on the grid's one draw; over the draws the k/v alone, which learns no motion, keeps more of the
+base's motions than the default in 9 of 10 runs (docs/ablation.md, "How far to trust a number").
 """
 
 import argparse
