@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variant", default="default", help="whose adapters to sample (default: default)")
     parser.add_argument("--draws", type=int, default=16, help="starting noises per prompt (default: 16)")
     args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws must be at least 1, got {args.draws}")
     started = time.time()
     results = json.loads((args.grid / "runs.json").read_text())
     count = results["settings"]["prior_prompts"]

@@ -9,14 +9,14 @@ examples never showed: motion accuracy, copy score, prior preservation (motion a
 with the adapter, minus the base's), adapter size and training time. Then the composition study (`composition`): a
 subject learned from still images with the default runs' motion.
 
-Outputs in output_dir: runs.json (every run, the sweeps, the composition), table.md (the paper's layout: accuracy /
-copy per variant, grouped by factor; then each variant's accuracy per motion, per run and by the shape asked for)
-and plot.png (one panel per factor), both made by `ablation_report`; each run's folder keeps its examples, adapter,
-a picture of its first samples with what the evaluator read off them, and its record (run.json; composition.json for
-a composition study). Run again into the same folder, the grid reads back every run and study recorded there with
-the same base, settings and example clips and makes only the others: an interrupted grid resumes. Jobs start as soon
-as what they need is done (`_run_jobs`): the sweeps and the composition first, the compressed adapters' short
-scorings last.
+Outputs in output_dir: runs.json (every run with each clip's reading, prior clips included, the sweeps, the
+composition), table.md (the paper's layout: accuracy / copy per variant, grouped by factor; then each variant's accuracy
+per motion, per run and by the shape asked for) and plot.png (one panel per factor), both made by `ablation_report`;
+each run's folder keeps its examples, adapter, a picture of its first samples with what the evaluator read off them, and
+its record (run.json; composition.json for a composition study). Run again into the same folder, the grid reads back
+every run and study recorded there with the same base, settings and example clips and makes only the others: an
+interrupted grid resumes. Jobs start as soon as what they need is done (`_run_jobs`): the sweeps and the composition
+first, the compressed adapters' short scorings last.
 
 Cost, measured on the 2-core development machine with two workers (one torch thread each): the full grid (five motions,
 two seeds, 300 steps: 216 trainings, 10 compressed scorings, 2 composition studies) made from nothing at commit 291ba23
