@@ -32,7 +32,7 @@ import numpy as np
 
 from motion_adapter import toyworld
 from motion_adapter.pipeline import fuse_motion_adapters, load_motion_adapter
-from motion_adapter.toyworld.ablation import prior_clip_seed
+from motion_adapter.toyworld.ablation import prior_clip_seed, run_folder
 from motion_adapter.toyworld.evaluate import evaluate
 from motion_adapter.toyworld.runs import sample_for_scoring
 from motion_adapter.toyworld.sampling import quality_prompts
@@ -70,21 +70,21 @@ def main(argv=None) -> None:
             fuse_motion_adapters(pipe)  # as the grid scores: the base's cost, the same clips up to rounding
         return pipe
 
+    prompts = {seed: quality_prompts(count, seed=seed) for seed in sorted({run["seed"] for run in runs})}
     base = {}
-    for seed in sorted({run["seed"] for run in runs}):
-        prompts = quality_prompts(count, seed=seed)
-        base[seed] = readings(pipe_with(), prompts, seed, args.draws)
+    for seed in prompts:
+        base[seed] = readings(pipe_with(), prompts[seed], seed, args.draws)
         print(f"base, seed {seed}: {100 * base[seed][0].mean():.1f}% on the grid's draw, "
               f"{100 * base[seed].mean():.1f}% over {args.draws} draws; read right in under 90% of the draws:")
-        for prompt, rate in zip(prompts, base[seed].mean(0)):
+        for prompt, rate in zip(prompts[seed], base[seed].mean(0)):
             if rate < 0.9:
                 print(f"  {100 * rate:5.1f}%  {prompt}")
     print(f"\n{args.variant}: prior preservation in points | motion | seed | grid's draw | over {args.draws} draws |")
     on_grid_draw, over_draws = [], []
     for run in runs:
         seed = run["seed"]
-        adapter = args.grid / "runs" / args.variant / f"{run['motion']}-s{seed}" / "adapter"
-        adapted = readings(pipe_with(adapter), quality_prompts(count, seed=seed), seed, args.draws)
+        adapter = run_folder(args.grid, args.variant, run["motion"], seed) / "adapter"
+        adapted = readings(pipe_with(adapter), prompts[seed], seed, args.draws)
         on_grid_draw.append(100 * (adapted[0].mean() - base[seed][0].mean()))
         over_draws.append(100 * (adapted.mean() - base[seed].mean()))
         print(f"| {run['motion']} | {seed} | {on_grid_draw[-1]:.1f} | {over_draws[-1]:.1f} |")

@@ -392,7 +392,7 @@ def _train_and_score(
 ) -> dict:
     """One run (recorded in its folder's run.json): render the examples and regularization, train on a fresh base,
     score the adapter."""
-    folder = folder or s.out / "runs" / variant.name / f"{motion}-s{seed}"
+    folder = folder or run_folder(s.out, variant.name, motion, seed)
     config = _config(s, variant, seed=seed, learning_rate=learning_rate)
     examples, appearances = _examples(folder / "examples", motion, seed=seed, count=variant.examples)
     identity = {"base": s.base, "variant": variant.recipe(), "config": dataclasses.asdict(config),
@@ -511,6 +511,11 @@ def _score(s: Settings, pipe, *, motion: str, seed: int, appearances, folder: Pa
         "clips": [{"prompt": c.prompt, "motion": c.found_motion, "color": c.found_color, "shape": c.found_shape}
                   for c in report.clips],
     }  # fmt: skip
+
+
+def run_folder(out: Path, variant: str, motion: str, seed: int) -> Path:
+    """Where a grid in `out` keeps one run: its examples, its adapter (the "adapter" folder) and run.json."""
+    return out / "runs" / variant / f"{motion}-s{seed}"
 
 
 def prior_clip_seed(seed: int) -> int:
