@@ -32,9 +32,9 @@ import numpy as np
 
 from motion_adapter import toyworld
 from motion_adapter.pipeline import fuse_motion_adapters, load_motion_adapter
-from motion_adapter.toyworld.ablation import prior_clip_seed, run_folder
+from motion_adapter.toyworld.ablation import run_folder
 from motion_adapter.toyworld.evaluate import evaluate
-from motion_adapter.toyworld.runs import sample_for_scoring
+from motion_adapter.toyworld.runs import prior_clip_seed, sample_for_scoring
 from motion_adapter.toyworld.sampling import quality_prompts
 
 

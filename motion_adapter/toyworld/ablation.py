@@ -68,8 +68,10 @@ from .runs import (
     SAMPLES_PER_PROMPT,
     SCORING_STEPS,
     Settings,
+    appearance_clip_seed,
     files_digest,
     fresh_pipe,
+    prior_clip_seed,
     recorded,
     sample_for_scoring,
     save_readings,
@@ -497,7 +499,7 @@ def _score(s: Settings, pipe, *, motion: str, seed: int, appearances, folder: Pa
     base_prior = s.base_prior[seed]
     fuse_motion_adapters(pipe)
     prompts = [p for p in new_appearance_prompts(s.prompts_per_run) for _ in range(SAMPLES_PER_PROMPT)]
-    clips = sample_for_scoring(pipe, prompts, seed=seed * 1000)
+    clips = sample_for_scoring(pipe, prompts, seed=appearance_clip_seed(seed))
     report = evaluate(clips, prompts, tokens={TOKEN: motion}, training_appearances=appearances)
     prior_prompts = [c.prompt for c in base_prior.clips]
     prior = evaluate(sample_for_scoring(pipe, prior_prompts, seed=prior_clip_seed(seed)), prior_prompts)
@@ -516,12 +518,6 @@ def _score(s: Settings, pipe, *, motion: str, seed: int, appearances, folder: Pa
 def run_folder(out: Path, variant: str, motion: str, seed: int) -> Path:
     """Where a grid in `out` keeps one run: its examples, its adapter (the "adapter" folder) and run.json."""
     return out / "runs" / variant / f"{motion}-s{seed}"
-
-
-def prior_clip_seed(seed: int) -> int:
-    """The first clip seed of a run's prior-preservation clips (clip i is seeded this + i), apart from the
-    new-appearance ones (seed * 1000 + i)."""
-    return seed * 1000 + 500
 
 
 def _motions_read(report) -> list[dict]:

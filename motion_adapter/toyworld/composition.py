@@ -27,6 +27,7 @@ from .runs import (
     SAMPLES_PER_PROMPT,
     SCORING_STEPS,
     Settings,
+    appearance_clip_seed,
     files_digest,
     fresh_pipe,
     recorded,
@@ -157,7 +158,7 @@ def _score_composition(pipe, motion: str, seed: int, count: int, picture: Path) 
     subjects = [SUBJECT_TOKEN] + [f"{color} {SUBJECT_TOKEN}" for color in COLORS]
     prompts = [f"a {subjects[i % len(subjects)]} doing the {TOKEN}" for i in range(count)]
     prompts = [p for p in prompts for _ in range(SAMPLES_PER_PROMPT)]
-    clips = sample_for_scoring(pipe, prompts, seed=seed * 1000)
+    clips = sample_for_scoring(pipe, prompts, seed=appearance_clip_seed(seed))
     report = evaluate(clips, prompts, tokens={TOKEN: motion, SUBJECT_TOKEN: SUBJECT_SHAPE})
     save_readings(picture, clips, report)
     return {

@@ -87,6 +87,16 @@ def sample_for_scoring(pipe, prompts: list[str], *, seed: int) -> list[np.ndarra
     return sample_clips(pipe, prompts, seed=seed, num_inference_steps=SCORING_STEPS, guidance_scale=GUIDANCE)
 
 
+def appearance_clip_seed(seed: int) -> int:
+    """The first clip seed of a run's new-appearance (or composed) clips: clip i is seeded this + i."""
+    return seed * 1000
+
+
+def prior_clip_seed(seed: int) -> int:
+    """The first clip seed of a run's prior-preservation clips, apart from its new-appearance ones."""
+    return appearance_clip_seed(seed) + 500
+
+
 def save_readings(path: Path, clips, report, count: int = 8) -> None:
     """The first clips as rows of frames, each labelled with the motion, colour and shape read off it."""
     labels = [f"{c.found_motion} {c.found_color} {c.found_shape}" for c in report.clips]
