@@ -7,8 +7,9 @@ A real diffusers `TextToVideoSDPipeline` made of stock classes, sized for 32 x 3
 - CLIPTextModel: two small layers, trained jointly with the UNet during pretraining, frozen afterwards;
 - CLIPTokenizer: a byte-pair vocabulary holding every printable lowercase ASCII character (alone and
   word-final, "x</w>") plus every word of the world's captions as one whole token, reached through merges
-  learned from those words. Any lowercase ASCII text encodes with no unknown token, and a new word such as
-  "pll" becomes pieces (p, l, l</w>) that no caption word uses;
+  learned from those words. Printable ASCII text encodes with no unknown token (the tokenizer lowercases it); a new
+  word such as "pll" becomes pieces (p, l, l</w>) that no caption word uses; each byte of any other character reads
+  as the unknown token, which is CLIP's end-of-text token ("café" becomes c, a, f and two ends of text);
 - DDIMScheduler: v-prediction on the cosine schedule ("squaredcos_cap_v2"), trailing timestep spacing, so
   that sampling starts from pure noise: the schedule the base was trained with.
 
