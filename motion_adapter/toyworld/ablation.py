@@ -20,11 +20,11 @@ first, the compressed adapters' short scorings last.
 
 Cost, measured on the 2-core development machine with two workers (one torch thread each): the full grid (five motions,
 two seeds, 300 steps: 216 trainings, 10 compressed scorings, 2 composition studies) made from nothing at commit 291ba23
-took 6,217 s (1 h 43 min 37 s, one command, nothing else running), on a day the machine trained 1.5 to 1.9 times as
-fast as on the day of an earlier grid's timing (bb1cb7e: 8,308 s for 188 trainings); such a day would make it about
-2 h 45 min. A run is 27 to 59 s of training beside another and about 12 s for its clips and scoring. 200 steps learn
-too little (73.8% for the rank-8 recipe, ten runs); the history of these figures is in docs/ablation.md and
-docs/ablation-history.md.
+took 6,217 s (1 h 43 min 37 s, one command, nothing else running), on a day the machine trained 1.5 to 1.9 times as fast
+as on the day of an earlier grid's timing (bb1cb7e: 8,308 s for 188 trainings); such a day would make it about 2 h 45
+min. Made again at 5f6fde7 on another day: 6,728 s, every clip read the same. A run is 27 to 59 s of training beside
+another and about 12 s for its clips and scoring. 200 steps learn too little (73.8% for the rank-8 recipe, ten runs);
+the history of these figures is in docs/ablation.md and docs/ablation-history.md.
 `QUICK` (five variants on the bounce, one seed, 200 steps, one composition study) took 2 min 46 s with two workers
 at commit 291ba23, nothing else running (2 min 33 s at 320a11a, with 8 prior prompts a run; 2 min 27 s at f1f6e97,
 before the subject's 1.5 times as many steps; 2 min 45 s at 2d91209 with the rank-8 recipe; 3 min 56 s at d92ba6f).
