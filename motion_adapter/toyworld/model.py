@@ -21,6 +21,7 @@ import json
 import string
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from motion_adapter.constants import TOYWORLD_BASE_ID
@@ -181,6 +182,21 @@ def build_scheduler():
     )
 
 
+@contextmanager
+def without_deprecation_notice():
+    """Leave out diffusers' "TextToVideoSDPipeline has been deprecated" warning while the world's base is made: the
+    world chose that class knowingly (README), and a grid makes one per run, which buried its progress in notices."""
+    from diffusers.utils import logging
+
+    logger = logging.get_logger("diffusers.pipelines.pipeline_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_pipeline(weights_dir: str | Path | None = None):
     """The tiny world's base as a `TextToVideoSDPipeline`, its models in eval mode; nothing is downloaded.
 
@@ -202,7 +218,8 @@ def load_pipeline(weights_dir: str | Path | None = None):
             f"{folder} holds no pipeline (no model_index.json): give the output folder of toyworld.pretrain "
             f"once it has finished its first checkpoint"
         )
-    pipe = TextToVideoSDPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+    with without_deprecation_notice():
+        pipe = TextToVideoSDPipeline.from_pretrained(folder, local_files_only=True, use_safetensors=True)
     for model in (pipe.vae, pipe.text_encoder, pipe.unet):
         model.eval()
     if weights_dir is None:  # adapters record this base by name, not by the install path of the package

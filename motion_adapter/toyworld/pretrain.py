@@ -91,6 +91,7 @@ from motion_adapter.toyworld.model import (
     build_tokenizer,
     build_unet,
     build_vae,
+    without_deprecation_notice,
     write_tokenizer_files,
 )
 from motion_adapter.toyworld.world import (
@@ -488,9 +489,10 @@ def _export(output_dir, vae, text_encoder, tokenizer, unet, scheduler) -> None:
 
     tmp = output_dir / ".export.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe = TextToVideoSDPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
-    )
+    with without_deprecation_notice():
+        pipe = TextToVideoSDPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+        )
     pipe.save_pretrained(tmp, safe_serialization=True)
     write_tokenizer_files(tmp / "tokenizer")  # the slow tokenizer's files too, for older transformers
     (output_dir / "model_index.json").unlink(missing_ok=True)

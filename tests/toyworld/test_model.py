@@ -59,6 +59,26 @@ def test_capitals_read_as_lowercase_and_other_characters_as_an_end_of_text(token
     assert _pieces(tokenizer, "A RED Circle") == _pieces(tokenizer, "a red circle")
     assert _pieces(tokenizer, "café") == ["c", "a", "f"] + [tokenizer.eos_token] * len("é".encode())
 
+
+def test_loading_the_world_leaves_out_diffusers_deprecation_notice_and_only_that():
+    import logging
+
+    from diffusers import TextToVideoSDPipeline
+
+    logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    notices, level = [], logger.level
+    handler = logging.Handler()
+    handler.emit = lambda record: notices.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        pipe = toyworld.load_pipeline()
+        assert not notices and logger.level == level
+        TextToVideoSDPipeline(**pipe.components)  # made outside the world's loader, the notice stays
+    finally:
+        logger.removeHandler(handler)
+    assert any("TextToVideoSDPipeline has been deprecated" in notice for notice in notices)
+
+
 def test_the_shipped_base_is_a_stock_pipeline_in_eval_mode(base):
     from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
