@@ -240,5 +240,6 @@ __all__ = [
     "build_vae",
     "learn_merges",
     "load_pipeline",
+    "without_deprecation_notice",
     "write_tokenizer_files",
 ]
