@@ -54,7 +54,6 @@ def test_any_lowercase_ascii_text_encodes_without_unknown_tokens(tokenizer):
         assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == text.replace(" ", "")
 
 
-
 def test_capitals_read_as_lowercase_and_other_characters_as_an_end_of_text(tokenizer):
     assert _pieces(tokenizer, "A RED Circle") == _pieces(tokenizer, "a red circle")
     assert _pieces(tokenizer, "café") == ["c", "a", "f"] + [tokenizer.eos_token] * len("é".encode())
