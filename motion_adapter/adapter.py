@@ -37,6 +37,7 @@ def lora_layers(denoiser: nn.Module) -> dict[str, LoraLayer]:
 
 
 def adapter_names(denoiser: nn.Module) -> set[str]:
+    """The names of every LoRA the denoiser's layers carry, whoever put them there."""
     return {name for layer in lora_layers(denoiser).values() for name in layer.lora_A}
 
 
@@ -116,14 +117,20 @@ def set_state(denoiser: nn.Module, adapter_name: str, modules: dict[str, LoraPai
             factors[adapter_name].weight = nn.Parameter(tensor.to(base.device, base.dtype), requires_grad=False)
 
 
-def apply_mix(denoiser: nn.Module, active: list[str], scale) -> None:
-    """Activate `active` adapters in every layer, each at `scale(adapter, module_path)` times alpha / rank."""
+def apply_mix(denoiser: nn.Module, active: list[str], scale, managed) -> None:
+    """Activate `active` adapters in every layer, each at `scale(adapter, module_path)` times alpha / rank.
+
+    Only the `managed` adapters (the caller's) are switched and scaled: a LoRA put there by other means, such as
+    diffusers' `load_lora_weights`, stays on or off as it was, at its own scale.
+    """
     with _trainable_kept(denoiser):
         for name, layer in lora_layers(denoiser).items():
+            others = [adapter for adapter in layer.active_adapters if adapter not in managed]
             present = [adapter for adapter in active if adapter in layer.lora_A]
-            layer.set_adapter(present, inference_mode=True)
+            layer.set_adapter(others + present, inference_mode=True)
             for adapter in layer.lora_A:
-                layer.set_scale(adapter, scale(adapter, name) if adapter in present else 0.0)
+                if adapter in managed:
+                    layer.set_scale(adapter, scale(adapter, name) if adapter in present else 0.0)
 
 
 def set_trainable(denoiser: nn.Module, adapter_name: str | None) -> list[nn.Parameter]:
@@ -140,11 +147,12 @@ def set_trainable(denoiser: nn.Module, adapter_name: str | None) -> list[nn.Para
     return trainable
 
 
-def fuse(denoiser: nn.Module) -> dict[str, tuple[LoraLayer, dict[str, torch.Tensor]]]:
+def fuse(denoiser: nn.Module) -> dict[str, tuple[LoraLayer, dict[str, torch.Tensor], torch.dtype]]:
     """Fold each layer's active adapters, at their current scales, into its base weight.
 
     The LoRA layers are then taken out of the model, so a fused model runs exactly the base model's code; they
-    are returned with a copy, in CPU memory, of each base parameter the folding changed, for `unfuse` to put back.
+    are returned with a copy, in CPU memory, of each base parameter the folding changed, for `unfuse` to put back,
+    and the base weight's dtype, to follow a cast of the model while fused.
     """
     fused = {}
     for name, layer in lora_layers(denoiser).items():
@@ -154,19 +162,26 @@ def fuse(denoiser: nn.Module) -> dict[str, tuple[LoraLayer, dict[str, torch.Tens
         if active:
             layer.merge(adapter_names=active)
         _replace(denoiser, name, base)
-        fused[name] = (layer, originals)
+        fused[name] = (layer, originals, base.weight.dtype)
     return fused
 
 
-def unfuse(denoiser: nn.Module, fused: dict[str, tuple[LoraLayer, dict[str, torch.Tensor]]]) -> None:
-    """Put the LoRA layers back, their base weights as they were before `fuse`, bit for bit."""
+def unfuse(denoiser: nn.Module, fused: dict[str, tuple[LoraLayer, dict[str, torch.Tensor], torch.dtype]]) -> None:
+    """Put the LoRA layers back, their base weights as they were before `fuse`, bit for bit.
+
+    A model moved or cast while fused (`pipe.to("cuda")`) moves or casts its LoRA tensors with it here, as it would
+    have had they stayed in the model.
+    """
     with torch.no_grad():
-        for name, (layer, originals) in fused.items():
+        for name, (layer, originals, fused_dtype) in fused.items():
             base = layer.get_base_layer()
             for key, p in base.named_parameters():
                 if key in originals:
                     p.copy_(originals[key])
             layer.merged_adapters.clear()  # peft's record of what it merged: nothing now
+            layer.to(base.weight.device)
+            if base.weight.dtype != fused_dtype:
+                layer.to(base.weight.dtype)
             _replace(denoiser, name, layer)
 
 
@@ -182,14 +197,6 @@ def delete(denoiser: nn.Module, adapter_name: str) -> None:
         config.pop(adapter_name, None)
         if not config:
             del denoiser.peft_config
-
-
-def remove_all(denoiser: nn.Module) -> None:
-    """Put every base layer back in place of its LoRA layer: the same module objects, their weights untouched."""
-    for name, layer in lora_layers(denoiser).items():
-        _replace(denoiser, name, layer.get_base_layer())
-    if hasattr(denoiser, "peft_config"):
-        del denoiser.peft_config
 
 
 def _replace(root: nn.Module, path: str, module: nn.Module) -> None:

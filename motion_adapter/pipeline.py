@@ -93,8 +93,10 @@ def add_motion_adapter(
     """
     if rank < 1 or not math.isfinite(alpha):
         raise ValueError(f"rank must be >= 1 and alpha finite, got rank={rank}, alpha={alpha}")
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; an adapter's kind is one of {', '.join(KINDS)}")
     state = _state(pipe)
-    _check_new_name(state, adapter_name)
+    _check_new_name(pipe, state, adapter_name)
     _check_not_fused(state, "add an adapter")
     denoiser = denoiser_of(pipe)
     spec = resolve_targets(denoiser, preset)
@@ -145,7 +147,7 @@ def save_motion_adapter(
     modules = adapter.get_state(denoiser, adapter_name)
     info = replace(
         entry.info, format_version=FORMAT_VERSION, training=training if training is not None else entry.info.training,
-        kind=entry.info.kind if entry.info.kind in KINDS else "motion",  # a LoRA made elsewhere ("lora") saved as ours
+        kind="motion" if entry.info.kind == "lora" else entry.info.kind,  # a LoRA made elsewhere, saved as ours
     )  # fmt: skip
     embeddings = {token: _embedding_row(pipe, token) for token in entry.embeddings}
     output_dir = Path(output_dir)
@@ -208,7 +210,7 @@ def load_motion_adapter(
     state = _state(pipe)
     _check_not_fused(state, "load an adapter")
     adapter_name = adapter_name or _name_from_source(source)
-    _check_new_name(state, adapter_name)  # before any download
+    _check_new_name(pipe, state, adapter_name)  # before any download
     _check_weight(adapter_name, weight)
     folder = hub.resolve_source(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     loaded = read_adapter(folder)
@@ -225,7 +227,7 @@ def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weig
     """
     state = _state(pipe)
     _check_not_fused(state, "load an adapter")
-    _check_new_name(state, adapter_name)
+    _check_new_name(pipe, state, adapter_name)
     denoiser = denoiser_of(pipe)
     _check_fits(denoiser, loaded, base_model_id(pipe), strict=strict)
     rename = (
@@ -395,12 +397,16 @@ def unfuse_motion_adapters(pipe) -> None:
 
 
 def unload_motion_adapters(pipe) -> None:
-    """Remove every adapter and learned token, unfusing first if they are fused: back to the base model, bit for bit."""
+    """Remove every adapter and learned token, unfusing first if they are fused: back to the base model, bit for bit.
+
+    Only this library's adapters go: a LoRA loaded with diffusers' `load_lora_weights` stays.
+    """
     state = _state(pipe)
     denoiser = denoiser_of(pipe)
     if state.fused_layers:
         adapter.unfuse(denoiser, state.fused_layers)
-    adapter.remove_all(denoiser)
+    for name in state.adapters:  # a LoRA loaded by other means (diffusers' load_lora_weights) stays
+        adapter.delete(denoiser, name)
     state.adapters.clear()
     _rebuild_tokens(pipe, state)
     _restore_requires_grad(denoiser, state)
@@ -447,7 +453,7 @@ def _apply(pipe) -> None:
             return float(entry.weight.get(entry.roles.get(module), 1.0))
         return float(entry.weight)
 
-    adapter.apply_mix(denoiser_of(pipe), active, scale)
+    adapter.apply_mix(denoiser_of(pipe), active, scale, managed=set(state.adapters))
 
 
 def _entry(state: _MotionState, adapter_name: str) -> _Entry:
@@ -457,13 +463,19 @@ def _entry(state: _MotionState, adapter_name: str) -> _Entry:
     return state.adapters[adapter_name]
 
 
-def _check_new_name(state: _MotionState, adapter_name: str) -> None:
+def _check_new_name(pipe, state: _MotionState, adapter_name: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", adapter_name or ""):
         raise AdapterStateError(f"adapter_name={adapter_name!r}: use letters, digits, '_' and '-' only")
     if adapter_name in state.adapters:
         raise AdapterStateError(
             f"an adapter named {adapter_name!r} is already loaded; pass another adapter_name= or "
             "delete_motion_adapter() it first"
+        )
+    if adapter_name in adapter.adapter_names(denoiser_of(pipe)):
+        raise AdapterStateError(
+            f"this pipeline's {type(denoiser_of(pipe)).__name__} already carries a LoRA named {adapter_name!r}, "
+            "loaded by other means (diffusers' load_lora_weights, or another pipeline sharing the model); pass "
+            "another adapter_name="
         )
 
 

@@ -105,3 +105,23 @@ def test_a_lora_on_a_layer_that_cannot_carry_one_is_refused_on_loading(tmp_path)
     with pytest.raises(ma.IncompatibleAdapterError, match=r"motion_modules\.0\.proj_in, which cannot carry a LoRA"):
         pipe.load_motion_adapter(tmp_path / "proj")
     assert not lora_layers(pipe.unet)
+
+
+def test_a_lora_loaded_by_diffusers_stays_on_beside_ours_and_after_unload(anim, tmp_path):
+    for name, seed in (("style", 5), ("pll", 0)):
+        source = testing.tiny_animatediff_pipeline()
+        ma.add_motion_adapter(source, name, rank=4, token=name)
+        testing.randomize_adapter(source, name, seed=seed)
+        ma.save_motion_adapter(source, name, tmp_path / name, dtype="float32")
+    anim.load_lora_weights(tmp_path / "style", adapter_name="style")
+    style_only = testing.generate(anim)
+    both = testing.tiny_animatediff_pipeline()
+    for name in ("style", "pll"):
+        both.load_motion_adapter(tmp_path / name)
+    anim.load_motion_adapter(tmp_path / "pll")
+    np.testing.assert_allclose(testing.generate(anim), testing.generate(both), atol=1e-5)
+    with pytest.raises(ma.AdapterStateError, match="already carries a LoRA named 'style'.*load_lora_weights"):
+        anim.load_motion_adapter(tmp_path / "pll", adapter_name="style")
+    anim.unload_motion_adapters()
+    assert list(anim.unet.peft_config) == ["style"]
+    np.testing.assert_array_equal(testing.generate(anim), style_only)

@@ -138,6 +138,33 @@ def test_unload_after_fuse_restores_the_base_bit_for_bit(pipe, adapter_dir, base
     np.testing.assert_array_equal(testing.generate(pipe), base_frames)
 
 
+def test_a_model_cast_while_fused_takes_its_loras_along(pipe, adapter_dir):
+    cast_unfused = testing.tiny_pipeline()
+    cast_unfused.load_motion_adapter(adapter_dir)
+    cast_unfused.to(torch.float64)
+    pipe.load_motion_adapter(adapter_dir)
+    pipe.fuse_motion_adapters()
+    pipe.to(torch.float64)
+    pipe.unfuse_motion_adapters()
+    assert {p.dtype for name, p in pipe.unet.named_parameters() if ".lora_" in name} == {torch.float64}
+    np.testing.assert_array_equal(testing.generate(pipe), testing.generate(cast_unfused))
+    pipe.fuse_motion_adapters()
+    pipe.unet.to("meta")  # stands in for another device, as pipe.to("cuda") would move the model
+    pipe.unfuse_motion_adapters()
+    assert {p.device.type for p in pipe.unet.parameters()} == {"meta"}
+
+
+def test_pipelines_sharing_a_model_do_not_take_each_others_adapters(pipe, adapter_dir, tmp_path):
+    pipe.load_motion_adapter(adapter_dir)
+    with_pll = testing.generate(pipe)
+    other = type(pipe)(**pipe.components)
+    with pytest.raises(ma.AdapterStateError, match="already carries a LoRA named 'pll'.*another pipeline sharing"):
+        other.load_motion_adapter(make_adapter(tmp_path / "b", name="b", token="b", seed=3), adapter_name="pll")
+    other.load_motion_adapter(tmp_path / "b")
+    other.unload_motion_adapters()
+    np.testing.assert_array_equal(testing.generate(pipe), with_pll)
+
+
 def test_enable_disable_delete(pipe, adapter_dir, tmp_path, base_frames):
     pipe.load_motion_adapter(adapter_dir)
     with_pll = testing.generate(pipe)
@@ -271,6 +298,10 @@ def test_name_already_loaded(pipe, adapter_dir):
     _refused(pipe, lambda: pipe.load_motion_adapter(adapter_dir), ma.AdapterStateError, "already loaded")
 
 
+def test_an_unknown_kind_is_refused_before_training(pipe):
+    _refused(pipe, lambda: ma.add_motion_adapter(pipe, "pll", kind="subjects"), ValueError, "kind='subjects'")
+
+
 def test_token_clash_names_both(pipe, adapter_dir, tmp_path):
     pipe.load_motion_adapter(adapter_dir)
     other = make_adapter(tmp_path / "other", name="other", token="pll", seed=4)
@@ -293,7 +324,6 @@ def test_bad_composition_requests(pipe, adapter_dir, names, weights, match):
     _refused(pipe, lambda: pipe.set_motion_adapters(names, weights), ma.AdapterStateError, match)
 
 
-
 def test_a_load_with_a_group_the_adapter_lacks_is_refused(pipe, adapter_dir):
     _refused(pipe, lambda: pipe.load_motion_adapter(adapter_dir, weight={"temporl": 0.0}), ma.AdapterStateError,
              "no group temporl; its groups are spatial_kv, temporal")  # fmt: skip
@@ -306,6 +336,7 @@ def test_a_new_sample_replaces_the_old_one(pipe, adapter_dir, tmp_path):
         ma.save_motion_adapter(pipe, "pll", tmp_path / "out", sample=tmp_path / f"clip{suffix}")
     assert sorted(p.name for p in (tmp_path / "out").glob("sample.*")) == ["sample.mp4"]
     assert "sample.mp4" in (tmp_path / "out" / "README.md").read_text()
+
 
 def test_failed_injection_is_rolled_back(pipe, adapter_dir, monkeypatch):
     def broken(*args, **kwargs):

@@ -53,7 +53,6 @@ def test_examples_show_the_motion_and_prompts_ask_new_appearances(quick_demo):
     assert not set(demo.NEW_APPEARANCES) & set(demo.EXAMPLE_APPEARANCES)
 
 
-
 def test_regularization_written_again_with_another_seed_keeps_only_its_own_clips(tmp_path):
     demo.write_regularization(tmp_path, seed=0)
     demo.write_regularization(tmp_path, seed=1)
@@ -68,6 +67,7 @@ def test_regularization_near_a_motion_shows_only_its_nearest_motions(tmp_path):
     assert len(entries) == 12 and shown <= {"right", "down_right", "up_right", "down"}  # the zigzag drifts right
     with pytest.raises(ValueError, match="17 regularization clips asked for, from 16 shape-motion pairs"):
         demo.write_regularization(tmp_path, seed=0, near="zigzag", count=17)
+
 
 def test_train_config_is_the_worlds_size():
     config = toyworld.train_config(rank=4)
