@@ -160,21 +160,29 @@ def write_adapter(
         tensors.update({EMBEDDING_KEY_PREFIX + token: row for token, row in embeddings.items()})
         atomic_save_tensors(tensors, path, metadata)
         return path
+    card_text = card(info) if card is not None else None
     path.mkdir(parents=True, exist_ok=True)
-    if card is not None:
-        write_card(path / CARD_NAME, card(info))
+    if card_text is not None and _ours(path / CARD_NAME):
+        (path / CARD_NAME).unlink()  # a crash below leaves no card rather than one describing the adapter before
     # The weights first: a crash before the embeddings leaves a header whose digest refuses the old embeddings file.
     atomic_save_tensors(tensors, path / WEIGHTS_NAME, metadata)
     if embeddings_bytes:
         atomic_write_bytes(path / EMBEDDINGS_NAME, embeddings_bytes)
     elif (path / EMBEDDINGS_NAME).exists():
         (path / EMBEDDINGS_NAME).unlink()  # a stale file from an earlier save would add tokens this adapter lacks
+    if card_text is not None:
+        write_card(path / CARD_NAME, card_text)
     return path
+
+
+def _ours(card_path: Path) -> bool:
+    """Whether a model card is there and was written by this library (a user's README is never replaced)."""
+    return card_path.exists() and CARD_MARKER in card_path.read_text(encoding="utf-8", errors="replace")
 
 
 def write_card(path: Path, card: str) -> bool:
     """Write a model card, unless a README that this library did not write is already there. True if written."""
-    if path.exists() and CARD_MARKER not in path.read_text(encoding="utf-8", errors="replace"):
+    if path.exists() and not _ours(path):
         return False
     atomic_write_bytes(path, (card if CARD_MARKER in card else f"{card.rstrip()}\n\n{CARD_MARKER}\n").encode())
     return True

@@ -87,6 +87,18 @@ def test_a_users_readme_is_never_overwritten(tmp_path):
     assert (folder / "README.md").read_text() == "my own notes"
 
 
+def test_a_save_that_fails_leaves_no_card_describing_the_adapter_it_did_not_write(tmp_path, monkeypatch):
+    folder = make_adapter(tmp_path / "pll", rank=4)
+
+    def disk_full(tensors, filename, metadata=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fmt, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        make_adapter(folder, rank=8)
+    assert ma.inspect(folder).rank == 4 and not (folder / "README.md").exists()
+
+
 def test_a_crash_while_writing_leaves_no_file(tmp_path, monkeypatch):
     def crash(tensors, filename, metadata=None):
         open(filename, "wb").write(b"half")
@@ -143,7 +155,6 @@ def test_incomplete_pairs_and_text_encoder_keys_are_refused(tmp_path):
         fmt.read_adapter(tmp_path / "te.safetensors")
 
 
-
 def test_a_header_without_alpha_and_flat_tensors_are_refused(tmp_path):
     folder = make_adapter(tmp_path / "pll")
     metadata, tensors = _header(folder / WEIGHTS_NAME)
@@ -156,6 +167,7 @@ def test_a_header_without_alpha_and_flat_tensors_are_refused(tmp_path):
               tmp_path / "flat.safetensors")  # fmt: skip
     with pytest.raises(ma.AdapterFormatError, match="module a has a LoRA tensor of 1 dimension"):
         fmt.read_adapter(tmp_path / "flat.safetensors")
+
 
 def test_foreign_key_forms_are_read(tmp_path):
     tensors = {
