@@ -210,12 +210,13 @@ def _presets_hint(denoiser: nn.Module) -> str:
 def architecture_fingerprint(denoiser: nn.Module) -> str:
     """A short hash of the denoiser's class and every base parameter's name and shape.
 
-    Two checkpoints of one architecture share it; any change of layers or sizes changes it. LoRA layers injected by
-    peft are ignored, so a model carrying adapters has the fingerprint of its base.
+    Two checkpoints of one architecture share it; any change of layers or sizes changes it. What is added beside
+    the base is ignored, so a model carrying it has the fingerprint of its base: LoRA layers injected by peft, and
+    an IP-Adapter (`pipe.load_ip_adapter`: its attention processors' own weights and its image projection).
     """
     digest = hashlib.sha256(type(denoiser).__name__.encode())
     for name, param in denoiser.named_parameters():
-        if ".lora_" in name:
+        if ".lora_" in name or ".processor." in name or name.startswith("encoder_hid_proj.image_projection_layers."):
             continue
         digest.update(f"{name.replace('.base_layer', '')}:{tuple(param.shape)};".encode())
     return digest.hexdigest()[:16]

@@ -4,12 +4,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AnimateDiffPipeline
+from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 import motion_adapter as ma
 from motion_adapter import testing
 from motion_adapter.adapter import lora_layers
+from motion_adapter.targets import architecture_fingerprint
 
 from .training.clips import write_clips
 
@@ -125,3 +128,17 @@ def test_a_lora_loaded_by_diffusers_stays_on_beside_ours_and_after_unload(anim, 
     anim.unload_motion_adapters()
     assert list(anim.unet.peft_config) == ["style"]
     np.testing.assert_array_equal(testing.generate(anim), style_only)
+
+
+def test_an_ip_adapter_on_the_model_leaves_its_fingerprint_and_adapters_load(anim, tmp_path):
+    source = testing.tiny_animatediff_pipeline()
+    ma.add_motion_adapter(source, "pll", rank=4, token="pll")
+    folder = ma.save_motion_adapter(source, "pll", tmp_path / "pll")
+    before = architecture_fingerprint(anim.unet)
+    for name, module in anim.unet.named_modules():  # what pipe.load_ip_adapter puts into the model
+        if isinstance(module, Attention) and name.endswith("attn2") and "motion_modules" not in name:
+            module.set_processor(IPAdapterAttnProcessor2_0(hidden_size=module.inner_dim, cross_attention_dim=32))
+    anim.unet.encoder_hid_proj = MultiIPAdapterImageProjection([ImageProjection(32, 32, num_image_text_embeds=4)])
+    assert any(".processor." in name for name, _ in anim.unet.named_parameters())
+    assert architecture_fingerprint(anim.unet) == before
+    anim.load_motion_adapter(folder)
