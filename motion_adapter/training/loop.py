@@ -500,14 +500,25 @@ def _sample(pipe, prompt: str, config: TrainConfig, *, seed: int):
 
 
 def _validate(pipe, config: TrainConfig, output_dir: Path, step: int, unet) -> list[Path]:
-    """Sample each validation prompt into output_dir/samples/step-NNNNNN-i.gif; the model stays as it was."""
+    """Sample each validation prompt into output_dir/samples/step-NNNNNN-i.gif; the model stays as it was.
+
+    A sample that fails (NaN frames from a half-precision overflow, out of memory) is a warning: the samples are a
+    view of the run, and losing the run, or the adapter it trained, to one of them would cost far more."""
     was_training = unet.training
     unet.eval()
     paths = []
-    for i, prompt in enumerate(config.validation_prompts):
-        frames = _sample(pipe, prompt, config, seed=config.seed)
-        paths.append(write_video(output_dir / "samples" / f"step-{step:06d}-{i}.gif", frames, fps=8))
-    unet.train(was_training)
+    try:
+        for i, prompt in enumerate(config.validation_prompts):
+            frames = _sample(pipe, prompt, config, seed=config.seed)
+            paths.append(write_video(output_dir / "samples" / f"step-{step:06d}-{i}.gif", frames, fps=8))
+    except Exception as error:
+        warnings.warn(
+            f"the validation sample of {prompt!r} at step {step} failed, so it is left out (training goes on and "
+            f"the adapter is saved): {type(error).__name__}: {error}",
+            stacklevel=2,
+        )
+    finally:
+        unet.train(was_training)
     return paths
 
 

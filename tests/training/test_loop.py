@@ -220,6 +220,20 @@ def test_validation_samples_and_card(pipe, clips, tmp_path):
     assert "![sample](sample.gif)" in (tmp_path / "out" / "README.md").read_text()
 
 
+def test_a_failed_validation_sample_warns_and_the_run_and_its_adapter_go_on(pipe, clips, tmp_path):
+    """A guidance scale this large makes the sampled frames NaN, as a half-precision overflow does."""
+    config = tiny_config(max_train_steps=4, validation_every=2, validation_prompts=["a dog doing the pll"],
+                         guidance_scale=1e30)  # fmt: skip
+    with pytest.warns(UserWarning, match="validation sample of 'a dog doing the pll' at step [24] failed") as caught:
+        result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    failed = [str(w.message) for w in caught if "validation sample" in str(w.message)]
+    assert [message.split(" at step ")[1].split()[0] for message in failed] == ["2", "4"]  # mid-run and final
+    assert all("NaN" in message for message in failed)
+    assert result.steps == 4 and result.samples == []
+    assert ma.inspect(tmp_path / "out").training["steps"] == 4  # the adapter is written all the same
+    assert not any(m.training for m in pipe.unet.modules())
+
+
 def test_full_tuning_and_compression(pipe, clips, tmp_path):
     config = tiny_config(tuning="full", compress_to_rank=2, learning_rate=1e-3, dtype="float32")
     result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "full", config=config)
