@@ -146,11 +146,14 @@ class TrainConfig:
              "compress_to_rank needs tuning='full' and a rank >= 1"),
             (self.timestep_sampling in TIMESTEP_MODES, f"timestep_sampling must be one of {', '.join(TIMESTEP_MODES)}"),
             (0.0 <= self.timestep_alpha < 1.0, "timestep_alpha must lie in [0, 1)"),
-            (self.reg_weight >= 0.0, "reg_weight must be >= 0"),
+            (0.0 <= self.reg_weight < math.inf, "reg_weight must be finite and >= 0"),
             (self.reg_source in REG_SOURCES, f"reg_source must be one of {', '.join(REG_SOURCES)}"),
             (self.num_frames >= 1 and self.height >= 1 and self.width >= 1, "num_frames, height, width must be >= 1"),
             (self.frame_stride >= 1, "frame_stride must be >= 1"),
             (self.fps is None or self.fps > 0, "fps must be > 0"),
+            (self.fps is None or self.frame_stride == 1,
+             f"fps={self.fps} resamples clips in place of frame_stride={self.frame_stride}: give one of the two "
+             "(frame_stride=1 with fps)"),
             ("{token}" in self.caption_template, "caption_template must contain {token}"),
             (self.latent_cache in LATENT_CACHES, f"latent_cache must be one of {', '.join(LATENT_CACHES)}"),
             (self.mixed_precision in MIXED_PRECISIONS, f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}"),
@@ -160,6 +163,12 @@ class TrainConfig:
              "warmup_steps, checkpoint_every, validation_every must be >= 0"),
             (self.use_8bit_adam in ("auto", "yes", "no"), "use_8bit_adam must be auto, yes or no"),
             (self.motion_first_steps is None or self.motion_first_steps >= 0, "motion_first_steps must be >= 0"),
+            (self.motion_first_steps is None or self.motion_first_steps < self.max_train_steps,
+             f"motion_first_steps={self.motion_first_steps} must be < max_train_steps={self.max_train_steps}, or a "
+             "joint run never trains the subject: lower it, or leave it None (the first half)"),
+            (self.warmup_steps < self.max_train_steps,
+             f"warmup_steps={self.warmup_steps} must be < max_train_steps={self.max_train_steps}, or the learning "
+             "rate never reaches learning_rate: lower warmup_steps or raise max_train_steps"),
             (self.num_reg_generated >= 1, "num_reg_generated must be >= 1"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
             (0 <= self.weight_decay < math.inf, "weight_decay must be finite and >= 0"),

@@ -62,3 +62,25 @@ def test_a_joint_run_trains_the_motion_first_as_the_paper_does():
     assert TrainConfig(max_train_steps=10, motion_first_steps=0).motion_first == 0  # alternating from the start
     with pytest.raises(ValueError, match="motion_first_steps must be >= 0"):
         TrainConfig(motion_first_steps=-1)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"max_train_steps": 10, "motion_first_steps": 10}, "motion_first_steps=10 must be < max_train_steps=10, or "
+         "a joint run never trains the subject"),
+        ({"max_train_steps": 10, "warmup_steps": 12}, "warmup_steps=12 must be < max_train_steps=10, or the learning "
+         "rate never reaches learning_rate"),
+        ({"fps": 12, "frame_stride": 2}, r"fps=12 resamples clips in place of frame_stride=2: give one of the two"),
+        ({"reg_weight": math.inf}, "reg_weight must be finite and >= 0"),
+        ({"reg_weight": math.nan}, "reg_weight must be finite and >= 0"),
+    ],
+)
+def test_settings_that_would_do_nothing_or_fail_later_are_refused_at_once(changes, message):
+    with pytest.raises(ValueError, match=f"^TrainConfig: {message}"):
+        TrainConfig(**changes)
+
+
+def test_the_limits_themselves_are_accepted():
+    config = TrainConfig(max_train_steps=10, motion_first_steps=9, warmup_steps=9, fps=12, reg_weight=0)
+    assert config.motion_first == 9 and config.lr_factor(9) == 1.0  # the subject's one step, at the full rate
