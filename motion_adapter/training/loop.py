@@ -447,7 +447,7 @@ def _load_clips(pipe, data, config: TrainConfig, cache: Path, *, token: str | No
 def _load_images(pipe, data, config: TrainConfig, cache: Path, *, token: str, caption_template: str) -> _Set:
     examples = load_image_folder(
         data, token=token, caption_template=caption_template, height=config.height, width=config.width,
-        multiple_of=_size_multiple(pipe),
+        multiple_of=_size_multiple(pipe), bucket=config.bucket,
     )  # fmt: skip
     return _latents(pipe, examples, config, cache, images=True)
 

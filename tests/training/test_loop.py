@@ -6,6 +6,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import motion_adapter as ma
@@ -320,6 +321,24 @@ def test_subject_images_bypass_the_temporal_layers_unless_told_not_to(pipe, tmp_
     # images that run through the temporal layers train them too
     assert ma.inspect(tmp_path / "out").preset == ("subject" if bypass else "subject+temporal")
 
+
+
+def test_subject_images_keep_their_aspect_bucket(pipe, tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.full((16, 48, 3), 200, np.uint8)).save(tmp_path / "photos" / "wide.png")
+    sizes = []
+    original = cache.LatentStore.window
+
+    def window(self, i, frames):
+        latents = original(self, i, frames)  # (f, c, h, w)
+        sizes.append(tuple(latents.shape[-2:]))
+        return latents
+
+    monkeypatch.setattr(cache.LatentStore, "window", window)
+    ma.train_subject(pipe, data=tmp_path / "photos", token="<sks>", class_word="dog", output_dir=tmp_path / "out",
+                     config=tiny_config(max_train_steps=1, bucket=True))  # fmt: skip
+    [(height, width)] = sizes  # one step, one image
+    assert width == 2 * height  # the 3:1 photo in the widest bucket (2:1), not center-cropped to a square
 
 def test_joint_subject_and_motion_make_one_adapter_with_both_tokens(pipe, clips, tmp_path):
     photos = write_images(tmp_path / "photos")
