@@ -1,7 +1,7 @@
 """Resumable checkpoints: the trained tensors, the optimizer's state and the step, written atomically.
 
 A checkpoint is a folder `checkpoints/step-000100/` holding `state.safetensors` (tensors) and `state.json`
-(step, learning-rate schedule, the config fields it must match). It is written under a temporary name and
+(step, learning-rate schedule, the config fields and data it must match). It is written under a temporary name and
 renamed when complete, so a crash never leaves a folder that looks like a checkpoint; its files are written with
 files.py's atomic helpers, so their bytes are on disk before the rename. Safetensors only.
 """
@@ -74,8 +74,8 @@ def load_checkpoint(folder: Path, params: list[torch.Tensor], optimizer, schedul
     if differing:
         details = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in differing.items())
         raise ValueError(
-            f"{folder} was written by a run with another config ({details}); resume with the same settings, "
-            "or start afresh in another output_dir"
+            f"{folder} was written by a run with another config or data ({details}); resume with the same settings "
+            "and data, or start afresh in another output_dir"
         )
     try:
         tensors = load_file(folder / "state.safetensors")

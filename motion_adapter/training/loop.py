@@ -12,6 +12,8 @@ It runs unchanged under `accelerate launch` with several processes; the main pro
 """
 
 import dataclasses
+import hashlib
+import json
 import math
 import statistics
 import time
@@ -70,11 +72,13 @@ class TrainResult:
 
 @dataclass
 class _Set:
-    """One source of training examples: their latents, captions, and whether they are single images."""
+    """One source of training examples: their latents, captions, whether they are single images, and a fingerprint
+    of the data (`_fingerprint`)."""
 
     store: LatentStore
     captions: list[str]
     images: bool = False
+    fingerprint: str = ""
 
 
 def train_motion(
@@ -182,9 +186,10 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
            targets, reg, schedule, undo: ExitStack) -> TrainResult:  # fmt: skip
     started = time.perf_counter()
     unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
-    # what a checkpoint must agree on to be resumed: the settings, the tokens and the base model
+    # what a checkpoint must agree on to be resumed: the settings, the tokens, the base model and the data
     resume_key = {**config.resume_key(), "tokens": tokens, "base_model": base_model_id(pipe),
-                  "fingerprint": architecture_fingerprint(unet)}  # fmt: skip
+                  "fingerprint": architecture_fingerprint(unet), "data": [t.fingerprint for t in targets],
+                  "reg_data": reg.fingerprint if reg is not None else None}  # fmt: skip
     device = accelerator.device
     weight_dtype = _weight_dtype(config)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -457,7 +462,18 @@ def _latents(pipe, examples: list[ClipExample], config: TrainConfig, cache: Path
         store=LatentStore(pipe.vae, examples, mode=config.latent_cache, folder=cache),
         captions=[example.caption for example in examples],
         images=images,
+        fingerprint=_fingerprint(examples, images=images),
     )
+
+
+def _fingerprint(examples: list[ClipExample], *, images: bool) -> str:
+    """The data a checkpoint was trained on, as it must match to be resumed: a digest of each example's file name,
+    size, frame count and caption, after the count, short enough to read in the error that compares two."""
+    digest = hashlib.sha256()
+    for example in examples:
+        size = example.source.stat().st_size if example.source.is_file() else 0  # a frame folder: its frame count
+        digest.update(json.dumps([example.source.name, size, example.frames.shape[0], example.caption]).encode())
+    return f"{len(examples)} {'images' if images else 'clips'}, sha256 {digest.hexdigest()[:12]}"
 
 
 def _load_regularization(pipe, reg_data, config: TrainConfig, output_dir: Path) -> _Set | None:

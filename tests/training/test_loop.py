@@ -196,6 +196,20 @@ def test_resume_with_another_config_is_refused(clips, tmp_path):
                         config=config.replace(rank=8, resume="latest"))
 
 
+
+def test_resume_of_a_checkpoint_trained_on_other_data_is_refused(clips, reg, tmp_path):
+    config = tiny_config(max_train_steps=4, checkpoint_every=2)
+    ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    recaptioned = write_clips(tmp_path / "other", 3, caption="a square doing the pll")  # the same files, captioned
+    with pytest.raises(ValueError, match=r"step-000002 was written by a run with another config or data \(data: "
+                       r"checkpoint \['3 clips, sha256 \w{12}'\], now \['3 clips, sha256 \w{12}'\]\)"):
+        ma.train_motion(testing.tiny_pipeline(), data=recaptioned, token="pll", output_dir=tmp_path / "out",
+                        config=config.replace(resume="latest"))
+    with pytest.raises(ValueError, match=r"\(reg_data: checkpoint None, now '2 clips, sha256 \w{12}'\); resume with "
+                       "the same settings and data, or start afresh in another output_dir"):
+        ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", reg_data=reg,
+                        config=config.replace(resume="latest"))
+
 def test_resume_with_another_token_or_architecture_or_past_the_end_is_refused(clips, tmp_path):
     config = tiny_config(max_train_steps=4, checkpoint_every=2)
     ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", config=config)
