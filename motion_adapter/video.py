@@ -75,6 +75,7 @@ def _decode_with_pyav(path: Path, *, default_fps: float) -> tuple[np.ndarray, fl
             # a GIF keeps no rate, only delays in 1/100 s: FFmpeg's guess at one would override the measured rate
             rate = None if container.format.name == "gif" else stream.guessed_rate or stream.average_rate
             declared = stream.frames  # from the container's index; 0 where it keeps none (GIF, WebM)
+            recorded = _recorded_seconds(container, stream)  # where no frame count is kept, often a duration is
             frames, times = [], []
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="rgb24"))
@@ -84,11 +85,19 @@ def _decode_with_pyav(path: Path, *, default_fps: float) -> tuple[np.ndarray, fl
         raise VideoReadError(f"Could not decode {path} (corrupt or unsupported: {err}); {fix}.") from err
     if not frames:
         raise VideoReadError(f"{path} decoded to 0 frames; {fix}.")
+    short_end = _short_end(times, last_duration, recorded)  # for files that record a duration but no frame count
     # a warning, not an error: some containers misreport their frame count
     if len(frames) < declared:
         warnings.warn(
             f"{path} decoded to {len(frames)} frames, but its container declares {declared}: it may be cut short "
             f"(an interrupted download or copy), and only the {len(frames)} are used. If so, fetch it again, {fix}.",
+            stacklevel=3,
+        )
+    elif short_end is not None:
+        warnings.warn(
+            f"{path} decoded to {len(frames)} frames that end at {short_end:.2f} s, but its container records a "
+            f"duration of {recorded:.2f} s: it may be cut short (an interrupted download or copy), and only the "
+            f"{len(frames)} are used. If so, fetch it again, {fix}.",
             stacklevel=3,
         )
     elif path.suffix.lower() == ".gif" and not _ends_with_gif_trailer(path):
@@ -106,6 +115,30 @@ def _decode_with_pyav(path: Path, *, default_fps: float) -> tuple[np.ndarray, fl
     if nominal is None:
         warnings.warn(f"{path} records no frame rate; assuming default_fps={default_fps}.", stacklevel=3)
     return np.stack(frames), nominal or float(default_fps)
+
+
+def _recorded_seconds(container, stream) -> float | None:
+    """The video's duration as its file records it: the stream's, else Matroska's per-track DURATION tag (where
+    WebM and MKV keep no frame count), else the container's (which may include a longer audio track); or None."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    hours, _, rest = stream.metadata.get("DURATION", "").partition(":")  # "00:00:05.000000000"
+    minutes, _, seconds = rest.partition(":")
+    try:
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return container.duration / av.time_base if container.duration else None
+
+
+def _short_end(times: Sequence[float | None], last_duration: float | None, recorded: float | None) -> float | None:
+    """When the decoded frames (their start times in seconds) end well before the recorded duration, the time they
+    end at; else None. Well before: by more than two frames and 5% of it, a margin for rounded timestamps and for an
+    audio track a little longer than the video, which a container's duration includes."""
+    if recorded is None or None in times:
+        return None
+    frame = last_duration or (times[-1] - times[-2] if len(times) > 1 else 0.0)
+    end = times[-1] + frame
+    return end if recorded - end > max(2 * frame, 0.05 * recorded) else None
 
 
 def _ends_with_gif_trailer(path: Path) -> bool:

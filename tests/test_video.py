@@ -189,9 +189,11 @@ def test_read_errors_name_the_file_and_a_fix(tmp_path):
         read_video(tmp_path / "notes.doc")
 
 
-def write_indexed_mp4(path, frames, *, fps=8):
-    """An MP4 with its index (moov) first, as streaming sites serve them, so that a cut-off copy still opens."""
-    with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+def write_indexed_mp4(path, frames, *, fps=8, format="mp4"):
+    """An MP4 with its index (moov) first, as streaming sites serve them, so that a cut-off copy still opens; or, with
+    format="matroska", an MKV (which records the duration, but no frame count)."""
+    options = {"movflags": "faststart"} if format == "mp4" else {}
+    with av.open(str(path), mode="w", format=format, options=options) as container:
         stream = container.add_stream(video._mp4_encoder(), rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         for frame in frames:
@@ -203,8 +205,11 @@ def write_indexed_mp4(path, frames, *, fps=8):
 def test_truncated_clip_warns_with_frame_counts(tmp_path):
     clip = np.random.default_rng(0).integers(0, 256, (40, 32, 48, 3), dtype=np.uint8)
     mp4, gif = write_indexed_mp4(tmp_path / "whole.mp4", clip), write_video(tmp_path / "whole.gif", clip)
+    mkv = write_indexed_mp4(tmp_path / "whole.mkv", clip, format="matroska")
     cases = [
         (mp4, r"cut\.mp4 decoded to \d+ frames, but its container declares 40"),
+        (mkv, r"cut\.mkv decoded to \d+ frames that end at \d\.\d\d s, but its container records a duration of "
+              r"5\.00 s"),  # Matroska and WebM keep no frame count
         (gif, r"cut\.gif lacks the byte that ends a GIF"),  # a GIF holds no frame count
     ]
     for whole, message in cases:
