@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import statistics
 import time
 import warnings
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
@@ -421,14 +423,35 @@ def _check_precision(pipe, config: TrainConfig) -> None:
 
 
 def _accelerator(config: TrainConfig, output_dir, *, images: bool) -> Accelerator:
-    """The accelerate object of a run (single or multi-process); images leave the temporal LoRA unused."""
-    return Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with=config.report_to,
-        project_dir=str(Path(output_dir) / "logs"),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=images)],
-    )
+    """The accelerate object of a run (single or multi-process); images leave the temporal LoRA unused.
+
+    The config's mixed precision is the run's: a launcher's other setting is named in a warning, and a process
+    whose accelerate state already holds another one (set once per process) is refused with what to do."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", config.mixed_precision).lower()
+    if launched != config.mixed_precision:
+        warnings.warn(
+            f"accelerate launch asks for mixed precision {launched!r} (ACCELERATE_MIXED_PRECISION), but this run "
+            f"trains with TrainConfig(mixed_precision={config.mixed_precision!r}), which wins; give the same to both "
+            f"(--mixed-precision {launched} on motion-adapter train)",
+            stacklevel=3,
+        )
+    try:
+        return Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=config.report_to,
+            project_dir=str(Path(output_dir) / "logs"),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=images)],
+        )
+    except ValueError as error:
+        if "already been initialized" not in str(error):
+            raise
+        current = AcceleratorState().mixed_precision
+        raise ValueError(
+            f"TrainConfig(mixed_precision={config.mixed_precision!r}) cannot take effect: accelerate keeps one mixed "
+            f"precision per Python process, and this one already runs with {current!r} (an earlier training run or "
+            f"Accelerator); train with TrainConfig(mixed_precision={current!r}), or in a new Python process"
+        ) from None
 
 
 def _step_seed(seed: int, micro_step: int, process: int) -> int:

@@ -570,6 +570,29 @@ def test_a_subject_trains_in_bf16_and_leaves_each_model_in_one_dtype(pipe, tmp_p
     torch.testing.assert_close(saved, row, atol=0.02, rtol=0.01)  # saved from the fp32 row, before the cast
 
 
+
+def test_a_second_run_in_another_mixed_precision_is_refused_naming_the_setting(clips, tmp_path,
+                                                                                fresh_accelerator_state):
+    config = tiny_config(max_train_steps=1)
+    ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "a", config=config)
+    with pytest.raises(ValueError, match=r"^TrainConfig\(mixed_precision='bf16'\) cannot take effect: accelerate "
+                       r"keeps one .* already runs with 'no' .*; train with TrainConfig\(mixed_precision='no'\), or "
+                       "in a new Python process"):
+        ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "b",
+                        config=config.replace(mixed_precision="bf16"))
+
+
+def test_a_launcher_s_other_mixed_precision_is_named_in_a_warning(pipe, clips, tmp_path, fresh_accelerator_state,
+                                                                   monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # as `accelerate launch --mixed_precision bf16` sets
+    with pytest.warns(UserWarning, match=r"accelerate launch asks for mixed precision 'bf16' "
+                      r"\(ACCELERATE_MIXED_PRECISION\), but this run trains with TrainConfig\(mixed_precision='no'\)"):
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out",
+                        config=tiny_config(max_train_steps=1))
+    from accelerate.state import AcceleratorState
+
+    assert AcceleratorState().mixed_precision == "no"  # the config's setting is the one in effect
+
 def test_a_half_precision_pipeline_is_refused_without_mixed_precision(pipe, clips, tmp_path):
     pipe.to(torch.bfloat16)
     with pytest.raises(ValueError, match="mixed_precision='bf16'"):
