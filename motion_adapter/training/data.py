@@ -3,9 +3,9 @@
 `load_clip_folder` and `load_image_folder` turn a folder, or a list of paths, into `ClipExample`s: every frame
 of a clip, resampled in time (frame stride or target fps), resized on its short side and center-cropped to the
 training size, in [-1, 1], with its caption. The VAE and text encoder are frozen, so the training loop encodes
-each example once; every step it picks a random window of num_frames (of frames or of cached latents) with
-`sample_window`. Captions come from metadata.jsonl, else a sibling <name>.txt, else one template for all.
-Caption files are UTF-8 (a byte order mark is accepted).
+each example once (with latent_cache="off", each step's window instead); every step it picks a random window of
+num_frames (of frames or of cached latents) with `sample_window`. Captions come from metadata.jsonl, else a
+sibling <name>.txt, else one template for all. Caption files are UTF-8 (a byte order mark is accepted).
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ def train_motion(
 
     `reg_data` is a folder of real clips of similar motions with their own captions (the paper's regularization);
     with `config.reg_source="generated"` the base model makes them from `config.reg_prompts` instead.
-    The trained adapter stays loaded in `pipe` under the name `token`.
+    The trained adapter stays loaded in `pipe` under the name `safe_adapter_name(token)`: the token's letters, digits,
+    '_' and '-' ("pll" stays "pll").
     """
     config = config or TrainConfig()
     _check_before_work(output_dir, token=token)
