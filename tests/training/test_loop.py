@@ -6,6 +6,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -139,7 +140,6 @@ def _adapter_tensors(folder):
     return load_file(folder / "pytorch_lora_weights.safetensors")
 
 
-
 @pytest.mark.parametrize("tuning", ["lora", "full"])
 def test_training_stopped_half_way_leaves_the_pipeline_as_it_was(pipe, clips, tmp_path, monkeypatch, tuning):
     before = testing.generate(pipe, "a dog doing the pll")
@@ -158,6 +158,7 @@ def test_training_stopped_half_way_leaves_the_pipeline_as_it_was(pipe, clips, tm
         ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
     assert not lora_layers(pipe.unet) and not pipe.unet.training and not pipe.unet.is_gradient_checkpointing
     np.testing.assert_array_equal(testing.generate(pipe, "a dog doing the pll"), before)
+
 
 def test_resume_reaches_the_same_adapter(clips, reg, tmp_path, monkeypatch):
     config = tiny_config(max_train_steps=6, checkpoint_every=3, dtype="float32")
@@ -196,7 +197,6 @@ def test_resume_with_another_config_is_refused(clips, tmp_path):
                         config=config.replace(rank=8, resume="latest"))
 
 
-
 def test_resume_of_a_checkpoint_trained_on_other_data_is_refused(clips, reg, tmp_path):
     config = tiny_config(max_train_steps=4, checkpoint_every=2)
     ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", config=config)
@@ -209,6 +209,7 @@ def test_resume_of_a_checkpoint_trained_on_other_data_is_refused(clips, reg, tmp
                        "the same settings and data, or start afresh in another output_dir"):
         ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", reg_data=reg,
                         config=config.replace(resume="latest"))
+
 
 def test_resume_with_another_token_or_architecture_or_past_the_end_is_refused(clips, tmp_path):
     config = tiny_config(max_train_steps=4, checkpoint_every=2)
@@ -278,7 +279,6 @@ def test_subject_trains_spatial_lora_and_the_new_row_only(pipe, tmp_path):
     assert info.kind == "subject" and info.learned_tokens == ["<sks>"] and info.preset == "subject"
 
 
-
 def test_a_learned_token_learns_with_punctuation_beside_it(pipe, tmp_path):
     photos = write_images(tmp_path / "photos")
     table = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
@@ -299,6 +299,7 @@ def test_full_tuning_of_a_subject_changes_the_weights(pipe, tmp_path):
     assert list(saved.embeddings) == ["<sks>"]
     deltas = [pair.up.flatten(1) @ pair.down.flatten(1) for pair in saved.modules.values()]
     assert max(delta.abs().max().item() for delta in deltas) > 0  # a delta, not the placeholder's zeros
+
 
 def test_images_bypass_the_temporal_layers(pipe):
     blocks = loop._temporal_blocks(pipe.unet)
@@ -336,7 +337,6 @@ def test_subject_images_bypass_the_temporal_layers_unless_told_not_to(pipe, tmp_
     assert ma.inspect(tmp_path / "out").preset == ("subject" if bypass else "subject+temporal")
 
 
-
 def test_subject_images_keep_their_aspect_bucket(pipe, tmp_path, monkeypatch):
     (tmp_path / "photos").mkdir()
     Image.fromarray(np.full((16, 48, 3), 200, np.uint8)).save(tmp_path / "photos" / "wide.png")
@@ -353,6 +353,7 @@ def test_subject_images_keep_their_aspect_bucket(pipe, tmp_path, monkeypatch):
                      config=tiny_config(max_train_steps=1, bucket=True))  # fmt: skip
     [(height, width)] = sizes  # one step, one image
     assert width == 2 * height  # the 3:1 photo in the widest bucket (2:1), not center-cropped to a square
+
 
 def test_joint_subject_and_motion_make_one_adapter_with_both_tokens(pipe, clips, tmp_path):
     photos = write_images(tmp_path / "photos")
@@ -570,7 +571,6 @@ def test_a_subject_trains_in_bf16_and_leaves_each_model_in_one_dtype(pipe, tmp_p
     torch.testing.assert_close(saved, row, atol=0.02, rtol=0.01)  # saved from the fp32 row, before the cast
 
 
-
 def test_a_second_run_in_another_mixed_precision_is_refused_naming_the_setting(clips, tmp_path,
                                                                                 fresh_accelerator_state):
     config = tiny_config(max_train_steps=1)
@@ -589,9 +589,8 @@ def test_a_launcher_s_other_mixed_precision_is_named_in_a_warning(pipe, clips, t
                       r"\(ACCELERATE_MIXED_PRECISION\), but this run trains with TrainConfig\(mixed_precision='no'\)"):
         ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out",
                         config=tiny_config(max_train_steps=1))
-    from accelerate.state import AcceleratorState
-
     assert AcceleratorState().mixed_precision == "no"  # the config's setting is the one in effect
+
 
 def test_a_half_precision_pipeline_is_refused_without_mixed_precision(pipe, clips, tmp_path):
     pipe.to(torch.bfloat16)
