@@ -23,7 +23,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from .constants import CARD_MARKER, CARD_NAME, PICKLE_SUFFIXES, TOYWORLD_BASE_ID
-from .errors import AdapterNotFoundError, MotionAdapterError
+from .errors import AdapterFormatError, AdapterNotFoundError, MotionAdapterError
 from .format import AdapterInfo, adapter_files, read_info
 
 CARD_TAGS = ["text-to-video", "lora", "motion-customization", "motion-adapter"]
@@ -43,7 +43,8 @@ def resolve_source(
 ) -> Path:
     """A local adapter folder or file as it is, or a Hub repo id downloaded (or found in the cache) to a folder.
 
-    Only `*.safetensors` and the model card are fetched from the Hub: pickle files are never downloaded.
+    Only the `*.safetensors` files and the model card at the repo's root are fetched from the Hub: pickle files
+    are never downloaded, nor what a repo keeps in subfolders (checkpoints, optimizer states).
     """
     path = Path(source).expanduser()
     if path.exists():
@@ -62,7 +63,8 @@ def resolve_source(
             revision=revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
-            allow_patterns=["*.safetensors", "README.md"],
+            allow_patterns=["*.safetensors", CARD_NAME],
+            ignore_patterns=["*/*"],
         )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
         raise AdapterNotFoundError(
@@ -74,6 +76,12 @@ def resolve_source(
             f"{text} is neither a local path nor a Hub repo that can be read at revision {revision or 'main'} "
             f"({type(error).__name__}); check the name, the revision, and your access rights"
         ) from None
+    if not any(Path(folder).glob("*.safetensors")):
+        raise AdapterFormatError(
+            f"Hub repo {text} (revision {revision or 'main'}) has no .safetensors file at its root, so no adapter: "
+            "motion_adapter reads only safetensors (pickle .bin files are never downloaded). Give the repo that "
+            "push_to_hub or save_lora_weights wrote to, or ask its owner for a safetensors copy"
+        )
     return Path(folder)
 
 

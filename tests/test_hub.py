@@ -8,9 +8,10 @@ import pytest
 import yaml
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub.utils import filter_repo_objects
 
 import motion_adapter as ma
-from motion_adapter import testing
+from motion_adapter import hub, testing
 
 from .conftest import assert_same_snapshot, pipeline_snapshot
 
@@ -57,6 +58,40 @@ def test_missing_repo_offline_is_a_clear_error_and_changes_nothing(tmp_path, pip
     assert_same_snapshot(before, pipeline_snapshot(pipe))
     with pytest.raises(ma.AdapterNotFoundError, match="user/nothing is neither a local path nor a Hub repo"):
         ma.inspect("user/nothing", cache_dir=tmp_path / "hub")
+
+
+def fake_hub(monkeypatch, repo: Path, snapshot: Path) -> None:
+    """Stands in for snapshot_download: copies what huggingface_hub's own filter lets through of `repo`'s files."""
+
+    def download(repo_id, *, allow_patterns=None, ignore_patterns=None, **kwargs):
+        files = [str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()]
+        for name in filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(repo / name, snapshot / name)
+        return str(snapshot)
+
+    monkeypatch.setattr(hub, "snapshot_download", download)
+
+
+def test_only_the_adapter_at_the_repos_root_is_downloaded(tmp_path, adapter_dir, monkeypatch):
+    repo = tmp_path / "repo"
+    shutil.copytree(adapter_dir, repo)
+    (repo / "checkpoints" / "step-000500").mkdir(parents=True)
+    (repo / "checkpoints" / "step-000500" / "state.safetensors").write_bytes(b"optimizer state")
+    (repo / "pytorch_model.bin").write_bytes(b"pickle")
+    fake_hub(monkeypatch, repo, tmp_path / "snapshot")
+    assert ma.inspect("user/pll").tokens == ["pll"]
+    assert sorted(p.name for p in (tmp_path / "snapshot").iterdir()) == sorted(p.name for p in adapter_dir.iterdir())
+
+
+def test_a_repo_of_pickle_weights_only_is_refused_naming_the_repo(tmp_path, monkeypatch):
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "pytorch_lora_weights.bin").write_bytes(b"pickle")
+    (tmp_path / "snapshot").mkdir()
+    fake_hub(monkeypatch, tmp_path / "repo", tmp_path / "snapshot")
+    with pytest.raises(ma.AdapterFormatError, match=r"Hub repo user/pll \(revision main\) has no \.safetensors file "
+                       r"at its root.*pickle \.bin files are never downloaded"):
+        ma.inspect("user/pll")
 
 
 class RecordingApi:
