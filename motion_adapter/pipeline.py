@@ -237,7 +237,8 @@ def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weig
     )
     _check_token_clash(state, adapter_name, loaded.info.tokens, rename)
     for new_token, row in loaded.embeddings.items():
-        _check_new_token(pipe, new_token, row, fix=f"load the adapter with token='<{new_token}>' (or another new word)")
+        _check_new_token(pipe, new_token, row, fix=f"load the adapter with token='<{new_token}>' (or another new word)",
+                         source=loaded.info.path)
     arch = architecture_of(denoiser)
     roles = {name: role_of(arch, name) for name in loaded.modules}
     _check_weight(adapter_name, weight, roles.values())
@@ -509,7 +510,7 @@ def _check_token_clash(state: _MotionState, adapter_name: str, tokens, fix: str)
             )
 
 
-def _check_new_token(pipe, token: str, row: torch.Tensor | None = None, *, fix: str) -> None:
+def _check_new_token(pipe, token: str, row: torch.Tensor | None = None, *, fix: str, source=None) -> None:
     if getattr(pipe, "tokenizer", None) is None or getattr(pipe, "text_encoder", None) is None:
         raise IncompatibleAdapterError(f"the adapter learns token {token!r}, but this pipeline has no text encoder")
     if token in pipe.tokenizer.get_vocab():
@@ -517,8 +518,8 @@ def _check_new_token(pipe, token: str, row: torch.Tensor | None = None, *, fix: 
     dim = pipe.text_encoder.get_input_embeddings().embedding_dim
     if row is not None and row.shape[-1] != dim:
         raise IncompatibleAdapterError(
-            f"the learned embedding of token {token!r} has size {row.shape[-1]}, this text encoder's is {dim}: "
-            "the adapter was made for another text encoder"
+            f"{source or 'the adapter'}: the learned embedding of token {token!r} has size {row.shape[-1]}, this "
+            f"text encoder's is {dim}: the adapter was made for another text encoder"
         )
 
 

@@ -5,6 +5,7 @@ from diffusers import DiffusionPipeline
 
 import motion_adapter as ma
 from motion_adapter import adapter, testing
+from motion_adapter import format as fmt
 from motion_adapter.adapter import lora_layers
 
 from .conftest import assert_same_snapshot, make_adapter, pipeline_snapshot
@@ -223,6 +224,14 @@ def test_a_word_the_tokenizer_has_is_refused_with_the_fix_for_learning_or_loadin
     pipe.tokenizer.add_tokens(["<sks>"])
     with pytest.raises(ma.AdapterStateError, match="'<sks>' is already a word .* with token='<<sks>>'"):
         pipe.load_motion_adapter(path)
+
+
+def test_a_learned_embedding_for_another_text_encoder_is_refused_naming_the_file(tmp_path, pipe):
+    folder = make_adapter(tmp_path / "pll")
+    loaded = fmt.read_adapter(folder)
+    fmt.write_adapter(tmp_path / "sks", loaded.info, loaded.modules, embeddings={"<sks>": torch.zeros(7)})
+    message = r"sks: the learned embedding of token '<sks>' has size 7, this text encoder's is 32"
+    _refused(pipe, lambda: pipe.load_motion_adapter(tmp_path / "sks"), ma.IncompatibleAdapterError, message)
 
 
 def test_a_token_added_by_someone_else_outlives_the_adapters(tmp_path, pipe):
