@@ -19,7 +19,10 @@ import types
 import typing
 from pathlib import Path
 
+from .constants import TOYWORLD_BASE_ID
+
 DEFAULT_BASE = "cerspense/zeroscope_v2_576w"
+_BASE_HELP = f"base model Hub id or folder ({TOYWORLD_BASE_ID}: the tiny built-in world) (default: {DEFAULT_BASE})"
 _WORLD_BASE_HELP = "a tiny-world pipeline folder, such as the --out of `toyworld pretrain` (default: the shipped base)"
 
 
@@ -179,7 +182,8 @@ def split_weight(spec: str) -> tuple[str, float]:
 def _load_base(name: str, *, training: bool = False):
     """The base pipeline from a Hub id or folder, on this process's GPU if there is one (under `accelerate launch`
     each process its own): in fp16 there for generating; for training in fp32, cast as --mixed-precision asks.
-    A path that holds no pipeline is refused before anything loads; a Hub id goes to diffusers as it is."""
+    A path that holds no pipeline is refused before anything loads; the tiny world's id reads the shipped weights;
+    any other Hub id goes to diffusers as it is, and one it cannot load (offline, mistyped) is one clear error."""
     path = Path(name).expanduser()
     if name.startswith((".", "/", "~")) or path.exists():  # a folder, not a Hub id
         if not (path / "model_index.json").is_file():
@@ -195,8 +199,21 @@ def _load_base(name: str, *, training: bool = False):
     from diffusers import DiffusionPipeline
 
     device = PartialState().device if torch.cuda.is_available() else torch.device("cpu")
+    if name == TOYWORLD_BASE_ID:  # no Hub repo holds it: the package ships it (its models are tiny: fp32 everywhere)
+        from .toyworld.model import load_pipeline
+
+        return load_pipeline().to(device)
     half = device.type == "cuda" and not training
-    return DiffusionPipeline.from_pretrained(name, torch_dtype=torch.float16 if half else torch.float32).to(device)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch.float16 if half else torch.float32)
+    except OSError as error:  # diffusers' own message points at a traceback that main() does not print
+        raise FileNotFoundError(
+            f"base {name} could not be loaded: no local folder has that name, and the Hub id is neither cached nor "
+            f"downloadable now. Check the id (such as {DEFAULT_BASE}); or give a local pipeline folder (as "
+            f"save_pretrained writes it) as --base; or run once while online to cache it (HF_HUB_OFFLINE=1 then reads "
+            f"the cache). The tiny built-in world is --base {TOYWORLD_BASE_ID}"
+        ) from error
+    return pipe.to(device)
 
 
 # ---------------------------------------------------------------- TrainConfig as flags
@@ -257,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_inspect)
 
     train = commands.add_parser("train", help="train a motion adapter from a folder of clips")
-    train.add_argument("--base", default=DEFAULT_BASE, help=f"base model id or folder (default: {DEFAULT_BASE})")
+    train.add_argument("--base", default=DEFAULT_BASE, help=_BASE_HELP)
     train.add_argument("--data", required=True, help="folder of example clips of the motion")
     train.add_argument("--token", required=True, help="the word the motion binds to, e.g. pll")
     train.add_argument("--output-dir", required=True, help="where the adapter folder is written")
@@ -266,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     subject = commands.add_parser("train-subject", help="train a subject adapter from a folder of images")
-    subject.add_argument("--base", default=DEFAULT_BASE, help=f"base model id or folder (default: {DEFAULT_BASE})")
+    subject.add_argument("--base", default=DEFAULT_BASE, help=_BASE_HELP)
     subject.add_argument("--data", required=True, help="folder of images of the subject")
     subject.add_argument("--token", required=True, help="the new word for the subject, e.g. sks")
     subject.add_argument("--class-word", required=True, help="what the subject is, e.g. dog (initialises the token)")
@@ -330,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.set_defaults(run=_ablate)
 
     gen = commands.add_parser("generate", help="generate a clip with adapters loaded")
-    gen.add_argument("--base", default=DEFAULT_BASE, help=f"base model id or folder (default: {DEFAULT_BASE})")
+    gen.add_argument("--base", default=DEFAULT_BASE, help=_BASE_HELP)
     gen.add_argument("--adapter", action="append", default=[], help="SOURCE[:WEIGHT], repeatable: they compose")
     gen.add_argument("--revision", default=None, help="Hub revision of the adapters")
     gen.add_argument("--prompt", required=True)

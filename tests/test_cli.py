@@ -221,3 +221,28 @@ def test_an_error_names_the_toyworld_subcommand(monkeypatch, capsys):
     monkeypatch.setattr(ablation, "run_ablation", lambda out, **options: (_ for _ in ()).throw(ValueError("no grid")))
     assert main(["toyworld", "ablate", "--out", "x"]) == 2
     assert capsys.readouterr().err.strip() == "motion-adapter toyworld ablate: no grid"
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_the_tiny_world_s_id_loads_the_shipped_base_offline(offline, tmp_path, capsys):
+    from motion_adapter.constants import TOYWORLD_BASE_ID
+
+    assert main(["generate", "--base", TOYWORLD_BASE_ID, "--prompt", "a red circle moving left", "--frames", "2",
+                 "--steps", "1", "--out", str(tmp_path / "clip.gif")]) == 0  # fmt: skip
+    assert read_video(tmp_path / "clip.gif")[0].shape == (2, 32, 32, 3)
+
+
+def test_a_base_id_that_cannot_be_loaded_is_one_clear_line(offline, capsys):
+    assert main(["generate", "--base", "nobody/no-such-base", "--prompt", "a dog doing the pll"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("motion-adapter generate: base nobody/no-such-base could not be loaded")
+    assert "Traceback" not in err
+    for fix in ("Check the id", "local pipeline folder", "HF_HUB_OFFLINE=1", "--base motion-adapter/toyworld"):
+        assert fix in err
