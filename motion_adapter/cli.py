@@ -13,6 +13,7 @@
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
 import sys
 import types
@@ -74,9 +75,9 @@ def _generate(args) -> int:
 
     check_writable(Path(args.out), args.fps)  # before minutes of loading and sampling
     pipe = _load_base(args.base)
-    for spec in args.adapter:
-        source, weight = split_weight(spec)
-        name = load_motion_adapter(pipe, source, weight=weight, revision=args.revision)
+    specs = [split_weight(spec) for spec in args.adapter]
+    for (source, weight), name in zip(specs, _unique_names([source for source, _ in specs])):
+        load_motion_adapter(pipe, source, adapter_name=name, weight=weight, revision=args.revision)
         print(f"loaded {name} at weight {weight:g}")
     frames = generate(
         pipe, args.prompt, num_frames=args.frames, height=args.height, width=args.width,
@@ -177,6 +178,22 @@ def split_weight(spec: str) -> tuple[str, float]:
         return (source, float(weight)) if sep else (spec, 1.0)
     except ValueError:
         return spec, 1.0
+
+
+def _unique_names(sources) -> list[str]:
+    """Each source's default adapter name, a repeat numbered (adapter, adapter-2, ...): two demo runs both write
+    OUT/adapter, and the command has no flag for adapter_name=."""
+    from .pipeline import name_from_source
+
+    names = []
+    for source in sources:
+        base = name = name_from_source(source)
+        for number in itertools.count(2):
+            if name not in names:
+                break
+            name = f"{base}-{number}"
+        names.append(name)
+    return names
 
 
 def _load_base(name: str, *, training: bool = False):

@@ -209,7 +209,7 @@ def load_motion_adapter(
     """
     state = _state(pipe)
     _check_not_fused(state, "load an adapter")
-    adapter_name = adapter_name or _name_from_source(source)
+    adapter_name = adapter_name or name_from_source(source)
     _check_new_name(pipe, state, adapter_name)  # before any download
     _check_weight(adapter_name, weight)
     folder = hub.resolve_source(source, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
@@ -580,7 +580,8 @@ def base_model_id(pipe) -> str | None:
     return str(name) if name else None  # a pipeline loaded from a Path holds the Path
 
 
-def _name_from_source(source) -> str:
+def name_from_source(source) -> str:
+    """The default adapter name of a source: its folder or file name ("out/pll" and "user/pll" -> "pll")."""
     return safe_adapter_name(Path(str(source).rstrip("/")).name.removesuffix(".safetensors"))
 
 

@@ -15,6 +15,7 @@ from motion_adapter.training import loop
 from motion_adapter.training.config import TrainConfig
 from motion_adapter.video import read_video
 
+from .conftest import make_adapter
 from .training.clips import write_clips, write_images
 
 
@@ -246,3 +247,13 @@ def test_a_base_id_that_cannot_be_loaded_is_one_clear_line(offline, capsys):
     assert "Traceback" not in err
     for fix in ("Check the id", "local pipeline folder", "HF_HUB_OFFLINE=1", "--base motion-adapter/toyworld"):
         assert fix in err
+
+
+def test_generate_numbers_adapters_whose_folders_share_a_name(base_dir, tmp_path, capsys):
+    first = make_adapter(tmp_path / "run1" / "adapter", token="pll")  # the demo writes OUT/adapter on every run
+    second = make_adapter(tmp_path / "run2" / "adapter", token="zig", seed=1)
+    assert main(["generate", "--base", str(base_dir), "--adapter", str(first), "--adapter", f"{second}:0.5",
+                 "--prompt", "a dog doing the pll and the zig", "--frames", "2", "--height", "16", "--width", "16",
+                 "--steps", "1", "--out", str(tmp_path / "clip.gif")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "loaded adapter at weight 1" in out and "loaded adapter-2 at weight 0.5" in out
