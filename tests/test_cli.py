@@ -257,3 +257,16 @@ def test_generate_numbers_adapters_whose_folders_share_a_name(base_dir, tmp_path
                  "--steps", "1", "--out", str(tmp_path / "clip.gif")]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "loaded adapter at weight 1" in out and "loaded adapter-2 at weight 0.5" in out
+
+
+def test_a_hint_that_names_a_setting_names_its_flag_too(base_dir, tmp_path, monkeypatch, capsys):
+    import torch
+
+    clips = write_clips(tmp_path / "clips")
+    (clips / "broken.mp4").write_bytes(b"\x00garbage" * 64)
+    assert main(["train", "--base", str(base_dir), "--data", str(clips), "--token", "pll", "--output-dir",
+                 str(tmp_path / "pll"), "--num-frames", "4", "--height", "16", "--width", "16"]) == 2  # fmt: skip
+    assert "pass skip_bad_clips=True (--skip-bad-clips)" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["toyworld", "pretrain", "--out", str(tmp_path / "base"), "--device", "cuda"]) == 2
+    assert "use device='cpu' (--device cpu)" in capsys.readouterr().err

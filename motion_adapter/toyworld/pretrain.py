@@ -197,7 +197,9 @@ def pretrain(
         raise ValueError(f"keep_checkpoints must be 0 (keep all) or more, got {keep_checkpoints}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but torch sees no GPU here; use device='cpu'")
+        raise ValueError(
+            f"device {str(device)!r} asked for, but torch sees no GPU here; use device='cpu' (--device cpu)"
+        )
     output_dir = Path(output_dir)
     (output_dir / _CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     log = _Log(output_dir / _LOG)

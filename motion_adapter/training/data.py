@@ -113,7 +113,8 @@ def load_clip_folder(
                     )
             except (VideoReadError, DataError) as err:
                 if not skip_bad_clips:
-                    raise type(err)(f"{err} (Or pass skip_bad_clips=True to skip such clips.)") from err
+                    hint = "(Or pass skip_bad_clips=True (--skip-bad-clips) to skip such clips.)"
+                    raise type(err)(f"{err} {hint}") from err
                 skipped.append(f"{source.name}: {err}")
                 continue
             if fps is not None and source_fps < fps:
