@@ -18,6 +18,7 @@ import json
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 
 from .constants import TOYWORLD_BASE_ID
@@ -40,8 +41,8 @@ def _inspect(args) -> int:
 def _train(args) -> int:
     from .training.loop import train_motion
 
-    _check_paths(args.data, args.reg_data)
     config = _config(args)  # a bad setting is refused before minutes of loading the base model
+    _check_data(clips=[args.data, args.reg_data])
     result = train_motion(
         _load_base(args.base, training=True), data=args.data, token=args.token, output_dir=args.output_dir,
         reg_data=args.reg_data, config=config,
@@ -55,8 +56,8 @@ def _train(args) -> int:
 def _train_subject(args) -> int:
     from .training.loop import train_subject
 
-    _check_paths(args.data, args.motion_data, args.reg_data)
     config = _config(args)  # a bad setting is refused before minutes of loading the base model
+    _check_data(images=[args.data], clips=[args.motion_data, args.reg_data])
     result = train_subject(
         _load_base(args.base, training=True), data=args.data, token=args.token, class_word=args.class_word,
         output_dir=args.output_dir, config=config, preset=args.subject_preset, motion_data=args.motion_data,
@@ -70,14 +71,17 @@ def _train_subject(args) -> int:
 
 
 def _generate(args) -> int:
+    from .hub import inspect
     from .pipeline import generate, load_motion_adapter
     from .video import check_writable, write_video
 
     check_writable(Path(args.out), args.fps)  # before minutes of loading and sampling
-    pipe = _load_base(args.base)
     specs = [split_weight(spec) for spec in args.adapter]
-    for (source, weight), name in zip(specs, _unique_names([source for source, _ in specs])):
-        load_motion_adapter(pipe, source, adapter_name=name, weight=weight, revision=args.revision)
+    names = _unique_names([source for source, _ in specs])
+    paths = [inspect(source, revision=args.revision).path for source, _ in specs]  # a missing adapter: refused now
+    pipe = _load_base(args.base)
+    for path, name, (_, weight) in zip(paths, names, specs):
+        load_motion_adapter(pipe, path, adapter_name=name, weight=weight)
         print(f"loaded {name} at weight {weight:g}")
     frames = generate(
         pipe, args.prompt, num_frames=args.frames, height=args.height, width=args.width,
@@ -153,11 +157,17 @@ def _pretrain_options() -> dict:
     }
 
 
-def _check_paths(*paths) -> None:
-    """Fail on a missing data folder before spending minutes loading the base model."""
-    for path in paths:
-        if path is not None and not Path(path).exists():
-            raise FileNotFoundError(f"{path} does not exist: check the path to the training data")
+def _check_data(*, clips=(), images=()) -> None:
+    """Fail on missing data, or a folder holding no clips or images, before minutes of loading the base model: the
+    training loop's own listing, whose warnings about other files it gives again when it loads the data."""
+    from .training.data import find_sources
+    from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    for paths, suffixes, frame_folders in ((clips, VIDEO_SUFFIXES, True), (images, IMAGE_SUFFIXES, False)):
+        for path in filter(None, paths):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                find_sources(path, suffixes=suffixes, frame_folders=frame_folders)
 
 
 def _positive_int(text: str) -> int:

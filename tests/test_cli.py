@@ -270,3 +270,24 @@ def test_a_hint_that_names_a_setting_names_its_flag_too(base_dir, tmp_path, monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["toyworld", "pretrain", "--out", str(tmp_path / "base"), "--device", "cuda"]) == 2
     assert "use device='cpu' (--device cpu)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["train", "--data", "{empty}", "--token", "pll"], "No clips found in"),
+        (["train", "--data", "{clips}", "--reg-data", "{empty}", "--token", "pll"], "No clips found in"),
+        (["train-subject", "--data", "{empty}", "--token", "sks", "--class-word", "dog"], "No images found in"),
+        (["train-subject", "--data", "{clips}", "--token", "sks", "--class-word", "dog"], "No images found in"),
+        (["generate", "--adapter", "{missing}", "--prompt", "a dog"], "no adapter at"),
+    ],
+)
+def test_no_data_or_adapter_is_refused_before_the_base_loads(command, message, tmp_path, monkeypatch, capsys):
+    from motion_adapter import cli
+
+    monkeypatch.setattr(cli, "_load_base", lambda *a, **k: pytest.fail("the base loaded before the check"))
+    (tmp_path / "empty").mkdir()
+    paths = {"empty": tmp_path / "empty", "clips": write_clips(tmp_path / "clips"), "missing": tmp_path / "missing"}
+    output = [] if command[0] == "generate" else ["--output-dir", str(tmp_path / "out")]
+    assert main([part.format(**paths) for part in command] + output) == 2
+    assert message in capsys.readouterr().err
