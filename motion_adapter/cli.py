@@ -219,7 +219,7 @@ def _load_base(name: str, *, training: bool = False):
                 f"base {name} {problem}: a base folder holds model_index.json and a subfolder per model (unet, vae, "
                 f"text_encoder, tokenizer, scheduler), as save_pretrained writes it; or a Hub id such as {DEFAULT_BASE}"
             )
-        name = str(path)
+        name = str(path.resolve())  # adapters record the base by this name: the same from any working directory
 
     import torch
     from accelerate import PartialState

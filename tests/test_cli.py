@@ -291,3 +291,11 @@ def test_no_data_or_adapter_is_refused_before_the_base_loads(command, message, t
     output = [] if command[0] == "generate" else ["--output-dir", str(tmp_path / "out")]
     assert main([part.format(**paths) for part in command] + output) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_relative_base_folder_is_recorded_as_its_absolute_path(base_dir, monkeypatch):
+    from motion_adapter import cli
+    from motion_adapter.pipeline import base_model_id
+
+    monkeypatch.chdir(base_dir.parent)  # "./base" in a header would name another folder from anywhere else
+    assert base_model_id(cli._load_base(f"./{base_dir.name}")) == str(base_dir.resolve())
