@@ -2,6 +2,7 @@
 module each."""
 
 import ast
+import re
 from importlib.util import resolve_name
 from pathlib import Path
 
@@ -62,3 +63,14 @@ def test_every_module_has_a_layer():
 def test_the_import_reader_sees_relative_imports():
     names = set(_imports(PACKAGE / "pipeline.py"))
     assert {"motion_adapter.adapter", "motion_adapter.hub", "motion_adapter.targets", "torch"} <= names
+
+
+def test_every_declared_dependency_is_imported():
+    """A requirement nothing imports only slows every install (imageio was one)."""
+    from motion_adapter.training.config import tomllib
+
+    import_names = {"pillow": "PIL"}  # distributions whose import name differs
+    project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[\s<>=!~;\[]", requirement)[0].lower() for requirement in project["dependencies"]}
+    imported = {name.split(".")[0] for path in PACKAGE.rglob("*.py") for name in _imports(path)}
+    assert {import_names.get(name, name) for name in declared} <= imported
