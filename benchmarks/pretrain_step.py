@@ -10,6 +10,7 @@ batch 1,024 is left out: that attention kernel refused it there ("CUDA error: in
 at batch 2, to check the script.
 """
 
+import argparse
 import time
 
 import torch
@@ -22,7 +23,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SETTINGS = [(64, "fp32"), (256, "fp32"), (1024, "fp32"), (256, "bf16")] if DEVICE == "cuda" else [(2, "fp32")]
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     torch.manual_seed(0)
     tokenizer, scheduler = build_tokenizer(), build_scheduler()
     unet, text_encoder = build_unet().to(DEVICE), build_text_encoder(len(tokenizer)).to(DEVICE)
