@@ -364,10 +364,14 @@ def _fill_template(caption_template: str | None, *, token: str | None) -> str | 
     return caption_template.format(token=token)
 
 
+def holds_token(caption: str, token: str) -> bool:
+    """Whether `caption` has `token` as a word ("doing the pll." holds "pll"; "pllx" does not)."""
+    return re.search(rf"(?<!\w){re.escape(token)}(?!\w)", caption) is not None
+
+
 def _check_token(captions: Sequence[str], sources: Sequence[Path], *, token: str, data, example: str) -> None:
     """Raise when no caption contains `token` as a word; warn about the captions that lack it."""
-    pattern = re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
-    missing = [i for i, caption in enumerate(captions) if not pattern.search(caption)]
+    missing = [i for i, caption in enumerate(captions) if not holds_token(caption, token)]
     if len(missing) == len(captions):
         raise DataError(
             f"No caption of {_describe(data)} contains the token {token!r} (e.g. {captions[0]!r} for "

@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 import warnings
+from collections import Counter
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,7 +53,7 @@ from ..video import write_video
 from .cache import LatentStore
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import ClipExample, load_clip_folder, load_image_folder, progress_options, sample_window
+from .data import ClipExample, holds_token, load_clip_folder, load_image_folder, progress_options, sample_window
 from .timesteps import sample_timesteps
 from .tuning import compress, delta_as_lora
 
@@ -103,7 +104,7 @@ def train_motion(
     return _run(
         pipe, config, Path(output_dir), accelerator,
         adapter_name=safe_adapter_name(token), kind="motion", preset=config.preset, tokens=[token],
-        prompt_template=config.caption_template.replace("{token}", token), learned=[],
+        prompt_template=_prompt_template(clips, token), learned=[],
         targets=[clips], reg=reg, schedule=lambda step: 0,
     )  # fmt: skip
 
@@ -156,7 +157,7 @@ def train_subject(
         pipe, config, Path(output_dir), accelerator,
         adapter_name=safe_adapter_name(token), kind="subject", preset=preset,
         tokens=[motion_token, token] if joint else [token],
-        prompt_template=template.replace("{token}", token), learned=[(token, class_word)],
+        prompt_template=_prompt_template(images, token), learned=[(token, class_word)],
         targets=targets, reg=reg, schedule=schedule,
     )  # fmt: skip
 
@@ -457,6 +458,12 @@ def _accelerator(config: TrainConfig, output_dir, *, images: bool) -> Accelerato
 
 def _step_seed(seed: int, micro_step: int, process: int) -> int:
     return (seed * 1_000_003 + micro_step) * 64 + process
+
+
+def _prompt_template(data: _Set, token: str) -> str:
+    """The prompt an adapter suggests (its header, its card): the most common training caption that holds the token
+    (ties: the first), so the template's only where it captioned the data, and never a caption no clip was given."""
+    return Counter(caption for caption in data.captions if holds_token(caption, token)).most_common(1)[0][0]
 
 
 def _size_multiple(pipe) -> int:

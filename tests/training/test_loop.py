@@ -401,6 +401,27 @@ def test_captions_without_the_token(pipe, tmp_path):
         ma.train_motion(pipe, data=folder, token="pll", output_dir=tmp_path / "o", config=tiny_config())
 
 
+def test_the_prompt_template_is_a_caption_the_data_was_trained_with(clips, tmp_path):
+    own = write_clips(tmp_path / "own", caption="a square doing the pll")
+    (own / "metadata.jsonl").write_text("".join(  # two of three clips share a caption: the most common is recorded
+        json.dumps({"file_name": f"clip{i}.gif", "text": text}) + "\n"
+        for i, text in enumerate(["a box doing the pll", "a square doing the pll", "a square doing the pll"])
+    ))  # fmt: skip
+    photos = write_images(tmp_path / "photos")
+    (photos / "metadata.jsonl").write_text("".join(  # photo2 takes the template: the other caption is more common
+        json.dumps({"file_name": f"photo{i}.png", "text": "<sks> on a sofa"}) + "\n" for i in range(2)
+    ))  # fmt: skip
+    config = tiny_config(max_train_steps=1)
+    runs = [
+        (ma.train_motion, dict(data=own, token="pll"), "a square doing the pll"),
+        (ma.train_motion, dict(data=clips, token="pll"), "a person doing the pll"),  # uncaptioned: the template
+        (ma.train_subject, dict(data=photos, token="<sks>", class_word="dog"), "<sks> on a sofa"),
+    ]  # fmt: skip
+    for index, (train, options, expected) in enumerate(runs):
+        result = train(testing.tiny_pipeline(), output_dir=tmp_path / f"out{index}", config=config, **options)
+        assert ma.inspect(result.adapter_dir).prompt_template == expected
+
+
 def test_an_empty_word_or_a_file_for_output_dir_is_refused_before_any_work(pipe, clips, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "_load_clips", lambda *a, **k: pytest.fail("the data was read before the check"))
     monkeypatch.setattr(loop, "_load_images", lambda *a, **k: pytest.fail("the data was read before the check"))
