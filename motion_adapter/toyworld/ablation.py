@@ -481,14 +481,19 @@ def _examples(folder: Path, motion: str, *, seed: int, count: int) -> tuple[list
 # ---------------------------------------------------------------- scoring
 
 
-def new_appearance_prompts(count: int) -> list[str]:
-    """`count` prompts "a <color> <shape> doing the pll" for appearances no example shows, the demo's first."""
+def new_appearances(count: int) -> list[tuple[str, str]]:
+    """`count` (shape, color) pairs that no example shows, the demo's first."""
     shown = set(EXAMPLE_APPEARANCES) | set(NEW_APPEARANCES)
     rest = [(shape, color) for shape in SHAPES for color in COLORS if (shape, color) not in shown]
     pairs = list(NEW_APPEARANCES) + rest
     if count > len(pairs):
         raise ValueError(f"the world has {len(pairs)} appearances the examples never show; ask for at most that many")
-    return [caption(shape, color, token=TOKEN) for shape, color in pairs[:count]]
+    return pairs[:count]
+
+
+def new_appearance_prompts(count: int) -> list[str]:
+    """`count` prompts "a <color> <shape> doing the pll" for appearances no example shows (`new_appearances`)."""
+    return [caption(shape, color, token=TOKEN) for shape, color in new_appearances(count)]
 
 
 def _score(s: Settings, pipe, *, motion: str, seed: int, appearances, folder: Path, name: str = "samples") -> dict:
