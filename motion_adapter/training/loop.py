@@ -368,10 +368,12 @@ def _train(pipe, config, output_dir, accelerator, *, adapter_name, kind, preset,
         _finish_full(pipe, config, output_dir, originals, adapter_name, kind, tokens, prompt_template, summary,
                      result, accelerator, has_learned_tokens=bool(learned))  # fmt: skip
     if accelerator.is_main_process:
-        if config.validation_prompts:
-            samples += _validate(pipe, config, output_dir, step, unet)
-        sample = samples[-1] if samples else None
-        save_motion_adapter(pipe, adapter_name, output_dir, dtype=config.dtype, training=summary, sample=sample)
+        save = partial(save_motion_adapter, pipe, adapter_name, output_dir, dtype=config.dtype, training=summary)
+        save(sample=samples[-1] if samples else None)  # before the final sample: interrupting that loses nothing
+        final = _validate(pipe, config, output_dir, step, unet) if config.validation_prompts else []
+        if final:
+            samples += final
+            save(sample=final[-1])  # again, for the card to show the trained adapter's own sample
     if learned and weight_dtype != torch.float32:
         text_encoder.to(dtype=weight_dtype)  # saved from its fp32 rows; now in one precision with the other models
     accelerator.wait_for_everyone()

@@ -250,6 +250,17 @@ def test_a_failed_validation_sample_warns_and_the_run_and_its_adapter_go_on(pipe
     assert not any(m.training for m in pipe.unet.modules())
 
 
+def test_an_interrupt_during_the_final_sample_leaves_the_trained_adapter_written(pipe, clips, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_sample", interrupted)
+    config = tiny_config(max_train_steps=2, validation_prompts=["a dog doing the pll"])
+    with pytest.raises(KeyboardInterrupt):
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    assert ma.inspect(tmp_path / "out").training["steps"] == 2
+
+
 def test_full_tuning_and_compression(pipe, clips, tmp_path):
     config = tiny_config(tuning="full", compress_to_rank=2, learning_rate=1e-3, dtype="float32")
     result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "full", config=config)
