@@ -101,7 +101,7 @@ def add_motion_adapter(
     denoiser = denoiser_of(pipe)
     spec = resolve_targets(denoiser, preset)
     tokens = [token] if isinstance(token, str) else list(token or [])
-    _check_token_clash(state, adapter_name, tokens, "give this one another token")
+    _check_token_clash(pipe, state, adapter_name, tokens, "give this one another token")
     arch = architecture_of(denoiser)
     info = AdapterInfo(
         kind=kind,
@@ -172,7 +172,7 @@ def learn_token(pipe, adapter_name: str, token: str, *, init_from: str) -> torch
     """
     state = _state(pipe)
     entry = _entry(state, adapter_name)
-    _check_token_clash(state, adapter_name, [token], "learn another token")
+    _check_token_clash(pipe, state, adapter_name, [token], "learn another token")
     _check_new_token(pipe, token, fix=f"learn a word the tokenizer lacks, such as '<{token}>'")
     ids = pipe.tokenizer(init_from, add_special_tokens=False).input_ids
     if not ids:
@@ -235,7 +235,7 @@ def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weig
         if len(loaded.embeddings) == 1
         else "its tokens are words it was trained on, which only training with another token changes"
     )
-    _check_token_clash(state, adapter_name, loaded.info.tokens, rename)
+    _check_token_clash(pipe, state, adapter_name, loaded.info.tokens, rename)
     for new_token, row in loaded.embeddings.items():
         _check_new_token(pipe, new_token, row, fix=f"load the adapter with token='<{new_token}>' (or another new word)",
                          source=loaded.info.path)
@@ -499,15 +499,24 @@ def _check_weight(adapter_name: str, weight: Weight, roles=None) -> None:
             )
 
 
-def _check_token_clash(state: _MotionState, adapter_name: str, tokens, fix: str) -> None:
-    """Refuse a token another loaded adapter owns; `fix` says how this adapter can take another."""
+def _check_token_clash(pipe, state: _MotionState, adapter_name: str, tokens, fix: str) -> None:
+    """Refuse a token another loaded adapter owns, or one the tokenizer reads the same way (CLIP's lowercases: "PLL"
+    is "pll"); `fix` says how this adapter can take another."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+
+    def read(token: str):
+        return tuple(tokenizer(token, add_special_tokens=False).input_ids) if tokenizer is not None else token
+
     for other_name, other in state.adapters.items():
-        shared = set(tokens) & set(other.info.tokens)
-        if shared and other_name != adapter_name:
-            raise AdapterStateError(
-                f"token {sorted(shared)[0]!r} of adapter {adapter_name!r} is already claimed by adapter "
-                f"{other_name!r}; {fix}, or pipe.delete_motion_adapter({other_name!r}) first"
-            )
+        theirs = {read(token): token for token in other.info.tokens}
+        for token in sorted(tokens):
+            if other_name != adapter_name and read(token) in theirs:
+                claimed = theirs[read(token)]
+                same = "" if claimed == token else f" (which this tokenizer reads as its {claimed!r})"
+                raise AdapterStateError(
+                    f"token {token!r} of adapter {adapter_name!r} is already claimed by adapter {other_name!r}{same}; "
+                    f"{fix}, or pipe.delete_motion_adapter({other_name!r}) first"
+                )
 
 
 def _check_new_token(pipe, token: str, row: torch.Tensor | None = None, *, fix: str, source=None) -> None:

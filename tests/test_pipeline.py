@@ -318,6 +318,13 @@ def test_token_clash_names_both(pipe, adapter_dir, tmp_path):
     _refused(pipe, lambda: pipe.load_motion_adapter(other), ma.AdapterStateError, clash)
 
 
+def test_a_token_the_tokenizer_reads_as_a_claimed_one_is_refused(pipe, adapter_dir, tmp_path):
+    pipe.load_motion_adapter(adapter_dir)
+    other = make_adapter(tmp_path / "other", name="other", token="PLL", seed=4)
+    clash = r"token 'PLL' of adapter 'other' is already claimed by adapter 'pll' \(which this tokenizer reads as its"
+    _refused(pipe, lambda: pipe.load_motion_adapter(other), ma.AdapterStateError, clash)
+
+
 def test_missing_local_path(pipe):
     _refused(pipe, lambda: pipe.load_motion_adapter("./no/such/adapter"), ma.AdapterNotFoundError, "does not exist")
 
