@@ -62,7 +62,7 @@ def main(argv=None):
         for _ in range(args.repeats):  # interleaved, so all see the same machine
             read_times.append(timed(load_file, path))
             wrap_times.append(timed(adapter.inject, unet, "bench", ranks, alphas, empty=True))
-            adapter.remove_all(unet)
+            adapter.delete(unet, "bench")
             load_times.append(timed(ma.load_motion_adapter, unet, path.parent, adapter_name="bench"))
             ma.unload_motion_adapters(unet)
         read, load = statistics.median(read_times), statistics.median(load_times)

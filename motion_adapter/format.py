@@ -143,8 +143,7 @@ def write_adapter(
     path = Path(path)
     dtype = storage_dtype(dtype)
     embeddings = embeddings or {}
-    if info.kind not in KINDS:
-        raise ValueError(f"kind={info.kind!r}; an adapter's kind is one of {', '.join(KINDS)}")
+    check_kind(info.kind)
     info.learned_tokens = sorted(embeddings)
     info.num_params = sum(pair.down.numel() + pair.up.numel() for pair in modules.values())
     tensors = _lora_tensors(modules, info.component, dtype)
@@ -178,6 +177,12 @@ def write_adapter(
 def _ours(card_path: Path) -> bool:
     """Whether a model card is there and was written by this library (a user's README is never replaced)."""
     return card_path.exists() and CARD_MARKER in card_path.read_text(encoding="utf-8", errors="replace")
+
+
+def check_kind(kind: str) -> None:
+    """Refuse a kind this library does not write."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; an adapter's kind is one of {', '.join(KINDS)}")
 
 
 def write_card(path: Path, card: str) -> bool:

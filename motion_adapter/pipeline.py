@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from . import adapter, hub
-from .constants import FORMAT_VERSION, KINDS
+from .constants import FORMAT_VERSION
 from .errors import AdapterStateError, IncompatibleAdapterError
 from .files import temporary_sibling
-from .format import AdapterFile, AdapterInfo, read_adapter, write_adapter
+from .format import AdapterFile, AdapterInfo, check_kind, read_adapter, write_adapter
 from .targets import (
     architecture_fingerprint,
     architecture_of,
@@ -93,11 +93,10 @@ def add_motion_adapter(
     """
     if rank < 1 or not math.isfinite(alpha):
         raise ValueError(f"rank must be >= 1 and alpha finite, got rank={rank}, alpha={alpha}")
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r}; an adapter's kind is one of {', '.join(KINDS)}")
+    check_kind(kind)
     state = _state(pipe)
     _check_new_name(pipe, state, adapter_name)
-    _check_not_fused(state, "add an adapter")
+    _check_not_fused(state, "add an adapter", pipe)
     denoiser = denoiser_of(pipe)
     spec = resolve_targets(denoiser, preset)
     tokens = [token] if isinstance(token, str) else list(token or [])
@@ -208,7 +207,7 @@ def load_motion_adapter(
     Returns the adapter name (by default derived from the source).
     """
     state = _state(pipe)
-    _check_not_fused(state, "load an adapter")
+    _check_not_fused(state, "load an adapter", pipe)
     adapter_name = adapter_name or name_from_source(source)
     _check_new_name(pipe, state, adapter_name)  # before any download
     _check_weight(adapter_name, weight)
@@ -226,7 +225,7 @@ def attach_adapter(pipe, adapter_name: str, loaded: AdapterFile, *, weight: Weig
     Everything is checked first; a failure half-way through the injection is rolled back.
     """
     state = _state(pipe)
-    _check_not_fused(state, "load an adapter")
+    _check_not_fused(state, "load an adapter", pipe)
     _check_new_name(pipe, state, adapter_name)
     denoiser = denoiser_of(pipe)
     _check_fits(denoiser, loaded, base_model_id(pipe), strict=strict)
@@ -385,6 +384,7 @@ def fuse_motion_adapters(pipe) -> None:
         raise AdapterStateError("no motion adapter is loaded: nothing to fuse")
     if state.fused_layers:
         raise AdapterStateError("the adapters are already fused; unfuse_motion_adapters() first to change them")
+    _check_not_fused(state, "fuse the motion adapters", pipe)
     state.fused_layers = adapter.fuse(denoiser_of(pipe))
 
 
@@ -480,9 +480,16 @@ def _check_new_name(pipe, state: _MotionState, adapter_name: str) -> None:
         )
 
 
-def _check_not_fused(state: _MotionState, action: str) -> None:
+def _check_not_fused(state: _MotionState, action: str, pipe=None) -> None:
+    """Refuse to change a fused mix; with `pipe`, also a model where another LoRA is fused (peft then runs only the
+    merged weights of those layers, so an adapter added there would silently do nothing)."""
     if state.fused_layers:
         raise AdapterStateError(f"the adapters are fused into the base weights; unfuse_motion_adapters() to {action}")
+    if pipe is not None and any(layer.merged for layer in adapter.lora_layers(denoiser_of(pipe)).values()):
+        raise AdapterStateError(
+            f"a LoRA loaded by other means is fused into this pipeline's model (diffusers' fuse_lora); "
+            f"pipe.unfuse_lora() to {action}"
+        )
 
 
 def _check_weight(adapter_name: str, weight: Weight, roles=None) -> None:

@@ -142,3 +142,15 @@ def test_an_ip_adapter_on_the_model_leaves_its_fingerprint_and_adapters_load(ani
     assert any(".processor." in name for name, _ in anim.unet.named_parameters())
     assert architecture_fingerprint(anim.unet) == before
     anim.load_motion_adapter(folder)
+
+
+def test_a_lora_diffusers_fused_must_be_unfused_before_ours_come_in(anim, tmp_path):
+    source = testing.tiny_animatediff_pipeline()
+    ma.add_motion_adapter(source, "style", rank=4, token="style")
+    ma.save_motion_adapter(source, "style", tmp_path / "style")
+    anim.load_lora_weights(tmp_path / "style", adapter_name="style")
+    anim.fuse_lora()
+    with pytest.raises(ma.AdapterStateError, match=r"fused into this pipeline's model.*pipe.unfuse_lora\(\) to load"):
+        anim.load_motion_adapter(tmp_path / "style", adapter_name="pll")
+    anim.unfuse_lora()
+    anim.load_motion_adapter(tmp_path / "style", adapter_name="pll")
