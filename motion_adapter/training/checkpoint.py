@@ -9,6 +9,7 @@ files.py's atomic helpers, so their bytes are on disk before the rename. Safeten
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,7 +71,14 @@ def load_checkpoint(folder: Path, params: list[torch.Tensor], optimizer, schedul
         numbers = dict(meta.get("optimizer_numbers", {}))
     except (ValueError, KeyError, TypeError) as error:
         raise _damaged(folder, "state.json", error) from None
-    differing = {k: (saved_key.get(k), v) for k, v in key.items() if saved_key.get(k) != v}
+    differing = {k: (saved_key[k], v) for k, v in key.items() if k in saved_key and saved_key[k] != v}
+    unchecked = [k for k in key if k not in saved_key]
+    if unchecked and not differing:
+        warnings.warn(
+            f"{folder} was written by an earlier motion_adapter, which did not record its {', '.join(unchecked)}: "
+            "resuming without checking them; resume only a run of the same data",
+            stacklevel=3,
+        )
     if differing:
         details = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in differing.items())
         raise ValueError(

@@ -132,6 +132,11 @@ def load_clip_folder(
         warnings.warn(f"Skipped {len(skipped)} of {len(sources)} clips: " + " | ".join(skipped), stacklevel=2)
     if not examples:
         raise DataError(f"All {len(sources)} clips of {_describe(data)} were skipped; see the warning for why.")
+    if token is not None and not any(holds_token(example.caption, token) for example in examples):
+        raise DataError(
+            f"Every clip of {_describe(data)} whose caption holds the token {token!r} was skipped (see the warning "
+            "for why): mend or replace those clips, or caption the others with the token."
+        )
     return examples
 
 

@@ -429,14 +429,15 @@ def _check_precision(pipe, config: TrainConfig) -> None:
 def _accelerator(config: TrainConfig, output_dir, *, images: bool) -> Accelerator:
     """The accelerate object of a run (single or multi-process); images leave the temporal LoRA unused.
 
-    The config's mixed precision is the run's: a launcher's other setting is named in a warning, and a process
-    whose accelerate state already holds another one (set once per process) is refused with what to do."""
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", config.mixed_precision).lower()
-    if launched != config.mixed_precision:
+    The config's mixed precision is the run's: a launcher's other setting is named in a warning (accelerate launch
+    sets "no" unless told, which is no request), and a process whose accelerate state already holds another one (set
+    once per process) is refused with what to do."""
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if launched not in ("no", config.mixed_precision):
         warnings.warn(
             f"accelerate launch asks for mixed precision {launched!r} (ACCELERATE_MIXED_PRECISION), but this run "
             f"trains with TrainConfig(mixed_precision={config.mixed_precision!r}), which wins; give the same to both "
-            f"(--mixed-precision {launched} on motion-adapter train)",
+            f"(--mixed-precision on the motion-adapter command, --mixed_precision on accelerate launch)",
             stacklevel=3,
         )
     try:
@@ -464,7 +465,7 @@ def _step_seed(seed: int, micro_step: int, process: int) -> int:
 
 def _prompt_template(data: _Set, token: str) -> str:
     """The prompt an adapter suggests (its header, its card): the most common training caption that holds the token
-    (ties: the first), so the template's only where it captioned the data, and never a caption no clip was given."""
+    (ties: the first). A caption_template shows there only where it captioned the data."""
     return Counter(caption for caption in data.captions if holds_token(caption, token)).most_common(1)[0][0]
 
 
@@ -504,7 +505,9 @@ def _fingerprint(examples: list[ClipExample], *, images: bool) -> str:
     size, frame count and caption, after the count, short enough to read in the error that compares two."""
     digest = hashlib.sha256()
     for example in examples:
-        size = example.source.stat().st_size if example.source.is_file() else 0  # a frame folder: its frame count
+        source = example.source  # a file, a frame folder, or a name for clips the base generated
+        files = [source] if source.is_file() else sorted(source.iterdir()) if source.is_dir() else []
+        size = sum(path.stat().st_size for path in files)
         digest.update(json.dumps([example.source.name, size, example.frames.shape[0], example.caption]).encode())
     return f"{len(examples)} {'images' if images else 'clips'}, sha256 {digest.hexdigest()[:12]}"
 
@@ -558,14 +561,15 @@ def _validate(pipe, config: TrainConfig, output_dir: Path, step: int, unet) -> l
     paths = []
     try:
         for i, prompt in enumerate(config.validation_prompts):
-            frames = _sample(pipe, prompt, config, seed=config.seed)
-            paths.append(write_video(output_dir / "samples" / f"step-{step:06d}-{i}.gif", frames, fps=8))
-    except Exception as error:
-        warnings.warn(
-            f"the validation sample of {prompt!r} at step {step} failed, so it is left out (training goes on and "
-            f"the adapter is saved): {type(error).__name__}: {error}",
-            stacklevel=2,
-        )
+            try:
+                frames = _sample(pipe, prompt, config, seed=config.seed)
+                paths.append(write_video(output_dir / "samples" / f"step-{step:06d}-{i}.gif", frames, fps=8))
+            except Exception as error:
+                warnings.warn(
+                    f"the validation sample of {prompt!r} at step {step} failed, so it is left out (training goes on "
+                    f"and the adapter is saved): {type(error).__name__}: {error}",
+                    stacklevel=2,
+                )
     finally:
         unet.train(was_training)
     return paths

@@ -217,6 +217,16 @@ def test_bad_clip_raises_or_is_skipped_with_a_count(tmp_path):
     assert sorted(e.source.name for e in examples) == ["also_good.gif", "good.gif"]
 
 
+def test_skipping_every_clip_that_holds_the_token_is_refused(tmp_path):
+    folder = make_folder(tmp_path / "clips", ["good.gif"])
+    (folder / "broken.mp4").write_bytes(b"\x00garbage" * 64)
+    lines = [{"file_name": "good.gif", "text": "a dog walking"},
+             {"file_name": "broken.mp4", "text": "a dog doing the pll"}]
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"Every clip .* holds the token 'pll' was skipped"):
+        load(folder, skip_bad_clips=True)
+
+
 def test_short_clip_raises_or_is_skipped(tmp_path):
     folder = make_folder(tmp_path / "clips", ["long.gif"], num_frames=8)
     write_video(folder / "short.gif", moving_clip(3))

@@ -1,6 +1,7 @@
 """The training loop on the tiny pipeline, with clips the tests write themselves."""
 
 import json
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -211,6 +212,35 @@ def test_resume_of_a_checkpoint_trained_on_other_data_is_refused(clips, reg, tmp
                         config=config.replace(resume="latest"))
 
 
+def test_resume_after_a_frame_folders_images_changed_is_refused(tmp_path):
+    frames = tmp_path / "clips" / "clip0"
+    frames.mkdir(parents=True)
+    for i, frame in enumerate(moving_square(6)):
+        Image.fromarray(frame).save(frames / f"{i:03d}.png")
+    config = tiny_config(max_train_steps=4, checkpoint_every=2)
+    ma.train_motion(testing.tiny_pipeline(), data=tmp_path / "clips", token="pll", output_dir=tmp_path / "out",
+                    config=config)  # fmt: skip
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(frames / "000.png")  # the same frame count, another image
+    with pytest.raises(ValueError, match=r"step-000002 was written by a run with another config or data \(data:"):
+        ma.train_motion(testing.tiny_pipeline(), data=tmp_path / "clips", token="pll", output_dir=tmp_path / "out",
+                        config=config.replace(resume="latest"))
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_with_a_warning_naming_what_it_lacks(clips, tmp_path):
+    config = tiny_config(max_train_steps=4, checkpoint_every=2)
+    ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    state = tmp_path / "out" / "checkpoints" / "step-000002" / "state.json"
+    meta = json.loads(state.read_text())  # its key as written before the data was recorded
+    del meta["key"]["data"], meta["key"]["reg_data"]
+    state.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match=r"step-000002 was written by an earlier motion_adapter, which did not record "
+                      r"its data, reg_data: resuming without checking them"):
+        result = ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out",
+                                 config=config.replace(resume="latest"))
+    assert result.steps == 4
+
+
 def test_resume_with_another_token_or_architecture_or_past_the_end_is_refused(clips, tmp_path):
     config = tiny_config(max_train_steps=4, checkpoint_every=2)
     ma.train_motion(testing.tiny_pipeline(), data=clips, token="pll", output_dir=tmp_path / "out", config=config)
@@ -248,6 +278,21 @@ def test_a_failed_validation_sample_warns_and_the_run_and_its_adapter_go_on(pipe
     assert result.steps == 4 and result.samples == []
     assert ma.inspect(tmp_path / "out").training["steps"] == 4  # the adapter is written all the same
     assert not any(m.training for m in pipe.unet.modules())
+
+
+def test_a_failed_validation_prompt_leaves_the_others_sampled(pipe, clips, tmp_path, monkeypatch):
+    sample = loop._sample
+
+    def first_fails(pipe, prompt, config, *, seed):
+        if prompt.startswith("a dog"):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return sample(pipe, prompt, config, seed=seed)
+
+    monkeypatch.setattr(loop, "_sample", first_fails)
+    config = tiny_config(max_train_steps=2, validation_prompts=["a dog doing the pll", "a cat doing the pll"])
+    with pytest.warns(UserWarning, match="'a dog doing the pll' at step 2 failed.*OutOfMemoryError"):
+        result = ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out", config=config)
+    assert [path.name for path in result.samples] == ["step-000002-1.gif"]
 
 
 def test_an_interrupt_during_the_final_sample_leaves_the_trained_adapter_written(pipe, clips, tmp_path, monkeypatch):
@@ -622,6 +667,17 @@ def test_a_launcher_s_other_mixed_precision_is_named_in_a_warning(pipe, clips, t
         ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out",
                         config=tiny_config(max_train_steps=1))
     assert AcceleratorState().mixed_precision == "no"  # the config's setting is the one in effect
+
+
+def test_a_launcher_left_at_no_mixed_precision_asks_for_nothing(pipe, clips, tmp_path, fresh_accelerator_state,
+                                                                  monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what accelerate launch sets when not told
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ma.train_motion(pipe, data=clips, token="pll", output_dir=tmp_path / "out",
+                        config=tiny_config(max_train_steps=1, mixed_precision="bf16"))
+    assert not [w for w in caught if "accelerate launch asks" in str(w.message)]
+    assert AcceleratorState().mixed_precision == "bf16"
 
 
 def test_a_half_precision_pipeline_is_refused_without_mixed_precision(pipe, clips, tmp_path):
