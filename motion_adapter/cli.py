@@ -234,9 +234,11 @@ def _load_base(name: str, *, training: bool = False):
     try:
         pipe = DiffusionPipeline.from_pretrained(name, torch_dtype=torch.float16 if half else torch.float32)
     except OSError as error:  # diffusers' own message points at a traceback that main() does not print
+        if Path(name).is_dir():  # a pipeline folder with a part missing: diffusers' message names it
+            raise FileNotFoundError(f"base {name} could not be loaded: {error}") from error
         raise FileNotFoundError(
             f"base {name} could not be loaded: no local folder has that name, and the Hub id is neither cached nor "
-            f"downloadable now. Check the id (such as {DEFAULT_BASE}); or give a local pipeline folder (as "
+            f"downloadable now ({error}). Check the id (such as {DEFAULT_BASE}); or give a local pipeline folder (as "
             f"save_pretrained writes it) as --base; or run once while online to cache it (HF_HUB_OFFLINE=1 then reads "
             f"the cache). The tiny built-in world is --base {TOYWORLD_BASE_ID}"
         ) from error

@@ -2,6 +2,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -247,6 +248,15 @@ def test_a_base_id_that_cannot_be_loaded_is_one_clear_line(offline, capsys):
     assert "Traceback" not in err
     for fix in ("Check the id", "local pipeline folder", "HF_HUB_OFFLINE=1", "--base motion-adapter/toyworld"):
         assert fix in err
+
+
+def test_a_base_folder_missing_a_part_is_named_as_such(base_dir, tmp_path, capsys):
+    broken = shutil.copytree(base_dir, tmp_path / "base")
+    for weights in (broken / "unet").glob("diffusion_pytorch_model.*"):
+        weights.unlink()
+    assert main(["generate", "--base", str(broken), "--prompt", "a dog doing the pll"]) == 2
+    err = capsys.readouterr().err
+    assert f"base {broken} could not be loaded: " in err and "unet" in err and "no local folder" not in err
 
 
 def test_generate_numbers_adapters_whose_folders_share_a_name(base_dir, tmp_path, capsys):
