@@ -30,11 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from motion_adapter import toyworld
-from motion_adapter.pipeline import fuse_motion_adapters, load_motion_adapter
 from motion_adapter.toyworld.ablation import run_folder
 from motion_adapter.toyworld.evaluate import evaluate
-from motion_adapter.toyworld.runs import prior_clip_seed, sample_for_scoring
+from motion_adapter.toyworld.runs import prior_clip_seed, sample_for_scoring, shipped_pipe_with
 from motion_adapter.toyworld.sampling import quality_prompts
 
 
@@ -61,19 +59,10 @@ def main(argv=None) -> None:
     runs = [run for run in results["runs"] if run["variant"] == args.variant]
     if not runs:
         raise SystemExit(f"{args.grid / 'runs.json'} has no run of variant {args.variant!r}")
-
-    def pipe_with(adapter=None):
-        pipe = toyworld.load_pipeline()
-        pipe.set_progress_bar_config(disable=True)
-        if adapter is not None:
-            load_motion_adapter(pipe, adapter)
-            fuse_motion_adapters(pipe)  # as the grid scores: the base's cost, the same clips up to rounding
-        return pipe
-
     prompts = {seed: quality_prompts(count, seed=seed) for seed in sorted({run["seed"] for run in runs})}
     base = {}
     for seed in prompts:
-        base[seed] = readings(pipe_with(), prompts[seed], seed, args.draws)
+        base[seed] = readings(shipped_pipe_with(), prompts[seed], seed, args.draws)
         print(f"base, seed {seed}: {100 * base[seed][0].mean():.1f}% on the grid's draw, "
               f"{100 * base[seed].mean():.1f}% over {args.draws} draws; read right in under 90% of the draws:")
         for prompt, rate in zip(prompts[seed], base[seed].mean(0)):
@@ -84,7 +73,7 @@ def main(argv=None) -> None:
     for run in runs:
         seed = run["seed"]
         adapter = run_folder(args.grid, args.variant, run["motion"], seed) / "adapter"
-        adapted = readings(pipe_with(adapter), prompts[seed], seed, args.draws)
+        adapted = readings(shipped_pipe_with(adapter), prompts[seed], seed, args.draws)
         on_grid_draw.append(100 * (adapted[0].mean() - base[seed][0].mean()))
         over_draws.append(100 * (adapted.mean() - base[seed].mean()))
         print(f"| {run['motion']} | {seed} | {on_grid_draw[-1]:.1f} | {over_draws[-1]:.1f} |")

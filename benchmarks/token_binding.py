@@ -31,12 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from motion_adapter import toyworld
-from motion_adapter.pipeline import fuse_motion_adapters, load_motion_adapter
 from motion_adapter.toyworld.ablation import new_appearances, run_folder
 from motion_adapter.toyworld.demo import TOKEN
 from motion_adapter.toyworld.evaluate import classify
-from motion_adapter.toyworld.runs import SAMPLES_PER_PROMPT, appearance_clip_seed, sample_for_scoring
+from motion_adapter.toyworld.runs import (
+    SAMPLES_PER_PROMPT,
+    appearance_clip_seed,
+    sample_for_scoring,
+    shipped_pipe_with,
+)
 from motion_adapter.toyworld.world import caption
 
 
@@ -79,21 +82,12 @@ def main(argv=None) -> None:
     started = time.time()
     results = json.loads((args.grid / "runs.json").read_text())
     prompts = wordings(results["settings"]["prompts_per_run"], args.word)
-
-    def pipe_with(adapter=None):
-        pipe = toyworld.load_pipeline()
-        pipe.set_progress_bar_config(disable=True)
-        if adapter is not None:
-            load_motion_adapter(pipe, adapter)
-            fuse_motion_adapters(pipe)  # as the grid scores: the base's cost, the same clips up to rounding
-        return pipe
-
     header = f"| motion | seed | token: its motion | {args.word}: the motion | still: still | still: the motion |"
     runs = [run for run in results["runs"] if run["variant"] in args.variants]
     if not runs:
         raise SystemExit(f"{args.grid / 'runs.json'} has no run of {', '.join(args.variants)}")
     for seed in sorted({run["seed"] for run in runs}):
-        found = read(pipe_with(), prompts, seed)
+        found = read(shipped_pipe_with(), prompts, seed)
         print(f"base, seed {seed}, motions read: " + "; ".join(
             f"{name} {dict(Counter(found[name]).most_common())}" for name in found))  # fmt: skip
     for variant in args.variants:
@@ -101,7 +95,7 @@ def main(argv=None) -> None:
         rows = []
         for run in (run for run in runs if run["variant"] == variant):
             adapter = run_folder(args.grid, variant, run["motion"], run["seed"]) / "adapter"
-            rows.append(shares(read(pipe_with(adapter), prompts, run["seed"]), run["motion"]))
+            rows.append(shares(read(shipped_pipe_with(adapter), prompts, run["seed"]), run["motion"]))
             print(f"| {run['motion']} | {run['seed']} | " + " | ".join(f"{value:.1f}" for value in rows[-1]) + " |")
             if abs(rows[-1][0] - 100 * run["motion_accuracy"]) > 1e-6:  # another base, or sampling changed since
                 print(f"  (the grid recorded {100 * run['motion_accuracy']:.1f} for this run)")

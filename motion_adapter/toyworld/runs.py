@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_bytes
+from ..pipeline import fuse_motion_adapters, load_motion_adapter
 from ..video import save_grid
 from .demo import GUIDANCE
+from .model import load_pipeline
 from .sampling import sample_clips
 
 SAMPLES_PER_PROMPT = 2  # each new-appearance prompt is generated with this many seeds
@@ -79,6 +81,17 @@ def fresh_pipe(s: Settings):
     """A base pipeline no adapter has touched, its progress bars off (a grid's runs print their own)."""
     pipe = s.pipe_factory()
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def shipped_pipe_with(adapter=None):
+    """The shipped base, its progress bars off, with an adapter folder loaded and fused as the grid scores it (the
+    base's cost, the same clips up to rounding); for the benchmarks that sample a finished grid's adapters again."""
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    if adapter is not None:
+        load_motion_adapter(pipe, adapter)
+        fuse_motion_adapters(pipe)
     return pipe
 
 
