@@ -228,8 +228,8 @@ def parse_caption(
     shape = tokens.get(rest[0], rest[0])
     if shape not in SHAPE_SYMMETRY:
         raise ValueError(
-            f"prompt {prompt!r}: {rest[0]!r} is not a shape; shapes are {', '.join(SHAPE_SYMMETRY)}"
-            f" (or a token standing for one)"
+            f"prompt {prompt!r}: {rest[0]!r} is not a shape; shapes are {', '.join(SHAPE_SYMMETRY)}, or a token "
+            f"standing for one (tokens={{{rest[0]!r}: '<shape>'}})"
         )
     return shape, color, _parse_action(prompt, rest[1:], tokens)
 
@@ -240,6 +240,11 @@ def _parse_action(prompt: str, words: list[str], tokens: dict[str, str]) -> str 
         return None
     if len(words) == 3 and words[:2] == ["doing", "the"] and tokens.get(words[2]) in _MOTIONS:
         return tokens[words[2]]
+    if len(words) == 3 and words[:2] == ["doing", "the"] and words[2] not in tokens:
+        raise ValueError(
+            f"prompt {prompt!r}: token {words[2]!r} stands for nothing here; pass tokens={{{words[2]!r}: "
+            "'<motion>'}, the held-out motion it was trained on"
+        )
     by_phrase = {phrase: name for name, phrase in MOTION_PHRASES.items()}
     action = " ".join(words)
     if action not in by_phrase:

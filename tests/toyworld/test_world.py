@@ -70,7 +70,9 @@ def test_parse_caption_reads_every_caption_back():
         ("red circle moving left", None, "does not read"),
         ("a red blob moving left", None, "not a shape"),
         ("a red circle dancing", None, "moving left"),
-        ("a red circle doing the pll", None, "not a motion"),
+        ("a red circle doing the pll", None, r"token 'pll' stands for nothing here; pass tokens=\{'pll': '<motion>'\}"),
+        ("a sks doing the pll", {"pll": "zigzag"}, r"'sks' is not a shape.*tokens=\{'sks': '<shape>'\}"),
+        ("a red circle doing the pll", {"pll": "star"}, "not a motion"),
         ("a red circle doing the pll", {"pll": "jump"}, "neither a shape nor a motion"),
     ],
 )
