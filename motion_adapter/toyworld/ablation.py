@@ -184,8 +184,8 @@ def run_ablation(
     """
     started = time.perf_counter()
     preset = QUICK if quick else FULL
-    motions = list(motions if motions is not None else preset["motions"])
-    seeds = list(seeds if seeds is not None else preset["seeds"])
+    motions = _listed("motions", motions if motions is not None else preset["motions"])
+    seeds = _listed("seeds", seeds if seeds is not None else preset["seeds"])
     grid = select_grid(variants if variants is not None else preset["variants"])
     if not motions or any(motion not in HELD_OUT_MOTIONS for motion in motions):
         raise ValueError(f"the ablation teaches motions the base never saw: some of {', '.join(HELD_OUT_MOTIONS)}")
@@ -236,6 +236,7 @@ def select_grid(names: Sequence[str] | None) -> list[Variant]:
     """The rows of GRID for these variant names (all rows for None), with the default's row in each factor shown."""
     if names is None:
         return list(GRID)
+    names = _listed("variants", names)
     known = list(dict.fromkeys(v.name for v in GRID))
     unknown = set(names) - set(known)
     if unknown:
@@ -245,6 +246,13 @@ def select_grid(names: Sequence[str] | None) -> list[Variant]:
             raise ValueError(f"{v.name} is scored from the runs of {v.compressed_of}: select {v.compressed_of} too")
     factors = {v.factor for v in GRID if v.name in names and v.name != "default"} or {GRID_DEFAULT.factor}
     return [v for v in GRID if v.factor in factors and (v.name in names or v.name == "default")]
+
+
+def _listed(option: str, value) -> list:
+    """`value` as a list; one string (which would read as its letters) or one number is refused with the fix."""
+    if isinstance(value, (str, int)):
+        raise ValueError(f"{option}: give a list, such as [{value!r}], not one value")
+    return list(value)
 
 
 # ---------------------------------------------------------------- jobs, in this process or in workers

@@ -50,6 +50,16 @@ def test_the_grid_changes_one_factor_at_a_time():
         assert any(v.name == "default" and v.factor == factor for v in ablation.GRID), factor
 
 
+def test_one_name_where_a_list_is_asked_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"variants: give a list, such as \['motion'\], not one value"):
+        ablation.select_grid("motion")
+    with pytest.raises(ValueError, match=r"motions: give a list, such as \['bounce'\]"):
+        ablation.run_ablation(tmp_path / "out", motions="bounce")
+    with pytest.raises(ValueError, match=r"seeds: give a list, such as \[0\]"):
+        ablation.run_ablation(tmp_path / "out", seeds=0)
+    assert not (tmp_path / "out").exists()
+
+
 def test_select_grid_keeps_the_default_row_of_each_chosen_factor():
     rows = ablation.select_grid(["motion", "uniform"])
     assert [(v.factor, v.name) for v in rows] == [
