@@ -29,9 +29,11 @@ from motion_adapter.toyworld.world import (
     PRETRAIN_MOTIONS,
     RGB,
     SHAPES,
+    SIZE,
     parse_caption,
     render,
     trajectory,
+    valid_pairs,
 )
 
 _MIN_CONTRAST = 40.0  # RGB distance to the background below which a frame shows no shape
@@ -40,11 +42,15 @@ _MIN_SYMMETRY = 0.08  # a pooled moment magnitude below this gives no readable o
 _SIZE_WEIGHT = 0.15  # weight of log area in the shape descriptor: prefer prototypes of the same size
 _BANK_SIZE = 48  # jittered versions of each named motion to compare against
 _BANK_SEED = 1_000_000  # first seed of the bank, away from the seeds clips are usually rendered with
+# The smallest clips read reliably: clean renders of every shape and motion read right from 6 frames and 16 px
+# (at 5 frames the fastest rotations turn past half a symmetry period between frames; at 14 px shapes blur).
+MIN_FRAMES, MIN_SIZE = 6, 16
 
 
 @dataclass
 class ClipResult:
-    """One clip's reading against its prompt; an `*_ok` is None when the prompt does not ask for that part."""
+    """One clip's reading against its prompt; an `*_ok` is None when the prompt does not ask for that part, or asks
+    for a motion its shape cannot show (a rotating circle looks still)."""
 
     prompt: str
     asked_motion: str | None
@@ -337,11 +343,20 @@ def _check_clips(clips) -> list[np.ndarray]:
     for i, clip in enumerate(clips):
         if not isinstance(clip, np.ndarray) or clip.dtype != np.uint8:
             raise ValueError(f"clip {i} must be a uint8 numpy array: (x * 255).round().astype(np.uint8)")
-        if clip.ndim != 4 or clip.shape[-1] != 3 or clip.shape[0] < 2 or min(clip.shape[1:3]) < 8:
-            raise ValueError(f"clip {i} must be (frames >= 2, h >= 8, w >= 8, 3); got shape {clip.shape}")
+        if clip.ndim != 4 or clip.shape[-1] != 3 or clip.shape[0] < MIN_FRAMES or min(clip.shape[1:3]) < MIN_SIZE:
+            raise ValueError(
+                f"clip {i} must be (frames >= {MIN_FRAMES}, h >= {MIN_SIZE}, w >= {MIN_SIZE}, 3), got shape "
+                f"{clip.shape}: shorter clips turn too far between frames to tell a rotation's way, smaller ones "
+                f"blur a shape; the world's own are ({NUM_FRAMES}, {SIZE}, {SIZE}, 3)"
+            )
         if clip.shape != clips[0].shape:
             raise ValueError(f"clips must share one shape: clip 0 is {clips[0].shape}, clip {i} {clip.shape}")
     return clips
+
+
+def _visible(shape: str | None, motion: str | None) -> bool:
+    """Whether a clip can show the motion asked of its shape (a rotating circle looks still: not scored)."""
+    return shape is None or motion is None or bool(valid_pairs([shape], [motion]))
 
 
 def _check(asked: str | None, found: str | None) -> bool | None:
@@ -371,7 +386,9 @@ def evaluate(
 ) -> EvaluationReport:
     """Score clips against the prompts they were made from.
 
-    clips: uint8 arrays (frames, h, w, 3) of one common shape, or one array (n, frames, h, w, 3).
+    clips: uint8 arrays (frames, h, w, 3) of one common shape, or one array (n, frames, h, w, 3); at least
+        MIN_FRAMES frames of MIN_SIZE x MIN_SIZE pixels. A motion its shape cannot show (a circle's rotation) is
+        not scored: its `motion_ok` is None.
     prompts: one per clip, in the world's caption language (see `parse_caption`).
     tokens: what each token stands for, a motion or a shape: {"pll": "zigzag", "sks": "star"}.
     training_appearances: the (shape, color) pairs a customization was trained on, for the copy score
@@ -390,7 +407,8 @@ def evaluate(
         found = classify(clip)
         results.append(ClipResult(
             prompt, motion, color, shape, found["motion"], found["color"], found["shape"],
-            _check(motion, found["motion"]), _check(color, found["color"]), _check(shape, found["shape"]),
+            _check(motion, found["motion"]) if _visible(shape, motion) else None,
+            _check(color, found["color"]), _check(shape, found["shape"]),
         ))  # fmt: skip
     appearance = [[ok for ok in (r.color_ok, r.shape_ok) if ok is not None] for r in results]
     return EvaluationReport(

@@ -138,11 +138,21 @@ def test_prior_preservation_is_the_motion_accuracy_difference_in_points():
         toyworld.prior_preservation(adapted, other)
 
 
+def test_a_motion_its_shape_cannot_show_is_not_scored():
+    clips = [toyworld.render("circle", "red", "rotate_cw", seed=seed) for seed in range(2)]
+    clips.append(toyworld.render("square", "red", "rotate_cw", seed=0))
+    report = toyworld.evaluate(clips, ["a red circle rotating clockwise"] * 2 + ["a red square rotating clockwise"])
+    assert [clip.motion_ok for clip in report.clips] == [None, None, True] and report.motion_accuracy == 1.0
+    assert [clip.found_motion for clip in report.clips[:2]] == ["still", "still"]  # a rotating circle looks still
+
+
 @pytest.mark.parametrize(
     "clips, prompts, match",
     [
         ([np.zeros((8, 32, 32, 3))], ["a red circle"], "uint8"),
-        ([np.zeros((8, 32, 32), np.uint8)], ["a red circle"], "frames >= 2"),
+        ([np.zeros((8, 32, 32), np.uint8)], ["a red circle"], "frames >= 6"),
+        ([np.zeros((5, 32, 32, 3), np.uint8)], ["a red circle"], r"frames >= 6, h >= 16, w >= 16.*rotation's way"),
+        ([np.zeros((8, 14, 32, 3), np.uint8)], ["a red circle"], r"got shape \(8, 14, 32, 3\).*\(8, 32, 32, 3\)"),
         ([np.zeros((8, 32, 32, 3), np.uint8), np.zeros((8, 16, 16, 3), np.uint8)], ["a red circle"] * 2, "share"),
         (np.zeros((8, 32, 32, 3), np.uint8), ["a red circle"], "one clip"),
         ([np.zeros((8, 32, 32, 3), np.uint8)], ["a red circle", "a red square"], "one prompt per clip"),
