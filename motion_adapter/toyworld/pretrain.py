@@ -16,6 +16,8 @@ Three stages, each a plain loop that reads top to bottom, checkpointed atomicall
    decided and the cubic timesteps of stage 2 left the prompt's shape word without effect
    (`python benchmarks/base_shapes.py`). Its average is the exported model. A stage-2 run trained further
    makes the refinement start over.
+A VAE trained further on resume (a larger `vae_steps`) encodes the pool again and makes the denoiser and the
+refinement start over (their checkpoints trained on the earlier VAE's latents).
 Held-out motions and held-out shapes are never rendered here.
 
 Every step draws its randomness from (seed, step) alone, so a resumed run takes the same steps as an
@@ -72,6 +74,7 @@ still decode to clips whose shape reads right 98% of the time (colour 100%).
 """
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -212,13 +215,16 @@ def pretrain(
 
     # Stage 1: the VAE.
     vae = _seeded(build_vae, seed).to(device)
-    _train(
+    vae_trained = _train(
         "vae", vae, None, steps=vae_steps, lrs=[vae_learning_rate], warmup_steps=warmup_steps,
         step_loss=lambda step: _vae_loss(vae, _frame_batch(seed, step, vae_batch_size).to(device)),
         ema_decay=None, seed=seed, output_dir=output_dir, log=log, log_every=log_every,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, export=None, decay_from=_VAE_DECAY_FROM,
     )  # fmt: skip
     vae.eval().requires_grad_(False)
+    if vae_trained:
+        why = "trained on the earlier VAE's latents (the VAE trained further in this call)"
+        _drop_checkpoints(output_dir, ("unet", "refine"), why, log)
 
     # The clip pool, encoded once: (n, 4, frames, 8, 8) latents scaled to unit standard deviation.
     latents, combos = _latent_pool(vae, seed, pool_size, output_dir, log, device)
@@ -263,8 +269,8 @@ def pretrain(
     if refine_steps:
         # Stage 3: the refinement, from the denoiser's averaged weights (refinements of an older denoiser are stale).
         if trained:
-            for path in _checkpoints(output_dir, "refine"):
-                path.unlink()
+            why = "trained from the earlier denoiser (the denoiser trained further in this call)"
+            _drop_checkpoints(output_dir, ("refine",), why, log)
         denoiser.load_state_dict(ema.state_dict())
         ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
         middle = partial(torch.randint, refine_min_t, refine_max_t + 1, (batch_size,))
@@ -447,6 +453,16 @@ def _latest_checkpoint(output_dir: Path, stage: str) -> Path | None:
     return found[-1] if found else None
 
 
+def _drop_checkpoints(output_dir: Path, stages: tuple[str, ...], why: str, log) -> None:
+    """Delete the checkpoints of `stages`, stale after an earlier stage trained further, so that they start over."""
+    for stage in stages:
+        stale = _checkpoints(output_dir, stage)
+        if stale:
+            log(f"{stage}: not resuming {', '.join(p.name for p in stale)}: {why}")
+        for path in stale:
+            path.unlink()
+
+
 def _prune_checkpoints(output_dir: Path, stage: str, keep: int) -> None:
     if keep:
         for path in _checkpoints(output_dir, stage)[:-keep]:
@@ -559,17 +575,23 @@ def _vae_loss(vae, frames: torch.Tensor) -> torch.Tensor:
 def _latent_pool(vae, seed, pool_size, output_dir, log, device):
     """Render and encode `pool_size` clips, cycling through the combos (cached in latents.safetensors).
 
-    Returns ((n, 4, frames, 8, 8) unscaled latent means, the combo of each clip).
+    The cache records a digest of the weights of the VAE that encoded it, and is encoded again by any other VAE
+    (one trained further on resume). Returns ((n, 4, frames, 8, 8) unscaled latent means, the combo of each clip).
     """
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     combos = _world_combos()
     pool = [combos[i % len(combos)] for i in range(pool_size)]
     path = output_dir / _LATENTS
+    digest = _weights_digest(vae)
     if path.is_file():
-        latents = load_file(str(path))["latents"]
-        if len(latents) == len(pool):
+        with safe_open(str(path), "pt") as file:
+            encoded_by, latents = (file.metadata() or {}).get("vae"), file.get_tensor("latents")
+        if encoded_by == digest and len(latents) == len(pool):
             return latents, pool
+        if encoded_by != digest:
+            log(f"pool: {_LATENTS} was encoded by another VAE ({encoded_by or 'unrecorded'}, this one is {digest}): "
+                "encoding it again")
     tick = time.time()
     chunks = []
     for start in range(0, len(pool), 32):
@@ -579,9 +601,18 @@ def _latent_pool(vae, seed, pool_size, output_dir, log, device):
         ]
         chunks.append(encode_clips(vae, clips, device))
     latents = torch.cat(chunks)
-    atomic_save_tensors({"latents": latents.contiguous()}, path)
+    atomic_save_tensors({"latents": latents.contiguous()}, path, {"vae": digest})
     log(f"pool: {len(pool)} clips encoded in {_clock(time.time() - tick)}")
     return latents, pool
+
+
+def _weights_digest(model) -> str:
+    """A short hash of a model's weights: which VAE encoded the cached pool."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _caption_ids(tokenizer, combos) -> torch.Tensor:

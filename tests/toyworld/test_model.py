@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import string
 import sys
 
@@ -137,6 +138,25 @@ def test_pretrain_checkpoints_resumes_and_matches_an_uninterrupted_run(tmp_path)
     pipe = toyworld.load_pipeline(interrupted)
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' spread
     assert pipe.tokenizer.get_vocab() == model.build_tokenizer().get_vocab()
+
+
+def test_a_vae_trained_further_on_resume_encodes_the_pool_again_and_restarts_the_denoiser(tmp_path):
+    out = toyworld.pretrain(tmp_path / "run", steps=2, **_TINY_RUN)
+    earlier = load_file(out / "latents.safetensors")["latents"]
+    toyworld.pretrain(out, steps=2, **{**_TINY_RUN, "vae_steps": 4})  # the VAE trains 2 steps more
+    log = (out / "log.txt").read_text()
+    assert "unet: not resuming unet-0000002" in log and "refine: not resuming refine-0000002" in log
+    assert "unet: resumed" not in log and "refine: resumed" not in log
+    assert not torch.equal(load_file(out / "latents.safetensors")["latents"], earlier)
+
+    fresh = tmp_path / "fresh"  # a run whose VAE was at step 4 from the start: the same pool and denoiser
+    (fresh / "checkpoints").mkdir(parents=True)
+    shutil.copy(out / "checkpoints" / "vae-0000004.safetensors", fresh / "checkpoints")
+    toyworld.pretrain(fresh, steps=2, **{**_TINY_RUN, "vae_steps": 4})
+    for name in ("latents.safetensors", "unet/diffusion_pytorch_model.safetensors"):
+        a, b = load_file(out / name), load_file(fresh / name)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
 
 def test_an_export_stopped_half_way_leaves_no_loadable_mix(tmp_path, monkeypatch):
