@@ -117,6 +117,7 @@ _VAE_DECAY_FROM = 2 / 3  # the VAE's rate decays (cosine, to 0) over its last th
 _STEP_SEED = 1_000_003  # each step's generator is seeded with seed * _STEP_SEED + step (+ a stage offset)
 REFINE_STEPS = 4000  # the shipped recipe's refinement (see the module docstring)
 _REFINE_SEED = 500_000  # the refinement's stage offset: its draws differ from the denoiser's first 500,000 steps
+_STEPS_SETTING = {"vae": "vae_steps", "unet": "steps", "refine": "refine_steps"}  # each stage's length, for errors
 
 
 def pretrain(
@@ -174,7 +175,8 @@ def pretrain(
         `refine_min_t` to `refine_max_t`, where a clip's shape is decided; 0 leaves it out.
     device: where to train ("cpu", "cuda", "cuda:1"); None: the GPU when there is one, else the CPU. A run
         may resume on another device than it started on.
-    resume: continue from the latest checkpoint in `output_dir/checkpoints` (False: start over there).
+    resume: continue from the latest checkpoint in `output_dir/checkpoints` (False: start over there); a stage
+        whose latest checkpoint is past its steps is refused, as its weights are not the recipe asked for.
     log_every: steps between log lines (log.txt, also printed); checkpoint_every: steps between checkpoints,
         each also exporting the pipeline folder; keep_checkpoints: how many to keep per stage (0: all).
     Returns the output folder, a pipeline folder that `toyworld.load_pipeline` reads.
@@ -388,8 +390,9 @@ def _train(stage, model, ema, *, steps, lrs, warmup_steps, step_loss, ema_decay,
            log_every, checkpoint_every, keep_checkpoints, export, decay_from=None):  # fmt: skip
     """One stage's loop: AdamW (one parameter group per child of a ModuleDict, rates `lrs`), see `lr_scale`.
 
-    Resumes from the stage's latest checkpoint; a stage already at `steps` returns at once. Returns whether it
-    trained any step.
+    Resumes from the stage's latest checkpoint; a stage already at `steps` returns at once, one past it is
+    refused (its weights are not the run with `steps`, and the export would pass them off as such). Returns
+    whether it trained any step.
     """
     groups = list(model.values()) if isinstance(model, torch.nn.ModuleDict) else [model]
     optimizer = torch.optim.AdamW(
@@ -399,9 +402,16 @@ def _train(stage, model, ema, *, steps, lrs, warmup_steps, step_loss, ema_decay,
     latest = _latest_checkpoint(output_dir, stage)
     if latest is not None:
         start = _load_checkpoint(latest, model, optimizer, ema)
+        if start > steps:
+            setting = _STEPS_SETTING[stage]
+            raise ValueError(
+                f"{latest} is at step {start}, past {setting}={steps}: its weights are not the run with "
+                f"{setting}={steps}; pass {setting}={start} or more, another output folder, or resume=False (which "
+                "deletes the checkpoints there and starts over)"
+            )
         log(f"{stage}: resumed from {latest.name} (step {start})")
-    if start >= steps:
-        if export is not None and start == steps and not (output_dir / "model_index.json").is_file():
+    if start == steps:
+        if export is not None and not (output_dir / "model_index.json").is_file():
             export()
         return False
     model.train()

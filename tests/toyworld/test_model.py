@@ -159,6 +159,17 @@ def test_a_vae_trained_further_on_resume_encodes_the_pool_again_and_restarts_the
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
 
+def test_pretrain_refuses_a_checkpoint_past_the_steps_asked_for(tmp_path):
+    out = toyworld.pretrain(tmp_path / "run", steps=2, **_TINY_RUN)
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    exported = load_file(weights)
+    with pytest.raises(ValueError, match=r"unet-0000002.safetensors is at step 2, past steps=1: .*resume=False"):
+        toyworld.pretrain(out, steps=1, **_TINY_RUN)  # its step-2 weights are not the recipe with steps=1
+    with pytest.raises(ValueError, match=r"refine-0000002.safetensors is at step 2, past refine_steps=1"):
+        toyworld.pretrain(out, steps=2, **{**_TINY_RUN, "refine_steps": 1})
+    assert all(torch.equal(tensor, exported[key]) for key, tensor in load_file(weights).items())  # left as it was
+
+
 def test_an_export_stopped_half_way_leaves_no_loadable_mix(tmp_path, monkeypatch):
     out = toyworld.pretrain(tmp_path / "run", steps=2, **_TINY_RUN)
     replace = os.replace
