@@ -63,7 +63,7 @@ from .demo import (
     write_regularization,
 )
 from .evaluate import evaluate, prior_preservation
-from .model import load_pipeline
+from .model import load_pipeline, weights_digest
 from .runs import (
     SAMPLES_PER_PROMPT,
     SCORING_STEPS,
@@ -75,7 +75,6 @@ from .runs import (
     recorded,
     sample_for_scoring,
     save_readings,
-    weights_digest,
     write_json,
     write_text,
 )
@@ -202,7 +201,8 @@ def run_ablation(
         if getattr(s, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(s, name)}")
     new_appearance_prompts(s.prompts_per_run)  # refuses more than the world has, before any work
-    s.base = weights_digest(s.pipe_factory())
+    base = s.pipe_factory()
+    s.base = weights_digest(base.unet, base.text_encoder, base.vae)
     workers = workers or os.cpu_count() or 1
     results = {
         "settings": {"motions": motions, "seeds": seeds, "steps": s.steps, "prompts_per_run": s.prompts_per_run,

@@ -17,6 +17,7 @@ The shipped weights live in `weights/` beside this file, as a diffusers pipeline
 one subfolder per component, safetensors only); `load_pipeline()` reads them with no network access.
 """
 
+import hashlib
 import json
 import string
 import tempfile
@@ -227,6 +228,17 @@ def load_pipeline(weights_dir: str | Path | None = None):
     return pipe
 
 
+def weights_digest(*models) -> str:
+    """A short hash of the models' weights, in order: which base a grid's runs were made on, which VAE encoded a
+    cached latent pool."""
+    digest = hashlib.sha256()
+    for model in models:
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 __all__ = [
     "LATENT_SIZE",
     "MAX_TOKENS",
@@ -240,6 +252,7 @@ __all__ = [
     "build_vae",
     "learn_merges",
     "load_pipeline",
+    "weights_digest",
     "without_deprecation_notice",
     "write_tokenizer_files",
 ]

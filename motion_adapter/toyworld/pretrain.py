@@ -74,7 +74,6 @@ still decode to clips whose shape reads right 98% of the time (colour 100%).
 """
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -94,6 +93,7 @@ from motion_adapter.toyworld.model import (
     build_tokenizer,
     build_unet,
     build_vae,
+    weights_digest,
     without_deprecation_notice,
     write_tokenizer_files,
 )
@@ -593,7 +593,7 @@ def _latent_pool(vae, seed, pool_size, output_dir, log, device):
     combos = _world_combos()
     pool = [combos[i % len(combos)] for i in range(pool_size)]
     path = output_dir / _LATENTS
-    digest = _weights_digest(vae)
+    digest = weights_digest(vae)
     if path.is_file():
         with safe_open(str(path), "pt") as file:
             encoded_by, latents = (file.metadata() or {}).get("vae"), file.get_tensor("latents")
@@ -614,15 +614,6 @@ def _latent_pool(vae, seed, pool_size, output_dir, log, device):
     atomic_save_tensors({"latents": latents.contiguous()}, path, {"vae": digest})
     log(f"pool: {len(pool)} clips encoded in {_clock(time.time() - tick)}")
     return latents, pool
-
-
-def _weights_digest(model) -> str:
-    """A short hash of a model's weights: which VAE encoded the cached pool."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _caption_ids(tokenizer, combos) -> torch.Tensor:

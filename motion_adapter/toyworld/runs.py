@@ -32,7 +32,7 @@ class Settings:
     prompts_per_run: int
     prior_prompts: int
     pipe_factory: Callable
-    base: str = ""  # `weights_digest` of the base
+    base: str = ""  # `weights_digest` of the base's unet, text encoder and vae
     base_prior: dict = field(default_factory=dict)  # seed -> the base's EvaluationReport on the prior prompts
 
 
@@ -61,16 +61,6 @@ def files_digest(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def weights_digest(pipe) -> str:
-    """A short hash of a base pipeline's weights: recorded runs are reused only on the same base."""
-    digest = hashlib.sha256()
-    for model in (pipe.unet, pipe.text_encoder, pipe.vae):
-        for name, tensor in sorted(model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
