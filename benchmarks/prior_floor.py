@@ -18,9 +18,11 @@ work): the base reads seed 0's 16 prompts right in 82.8% of its clips over 16 dr
 | coarse | -4.4 | -10.9 |
 | reg-any | -6.2 | -11.4 |
 | spatial-kv | -9.4 | -9.7 |
+| motion (the paper's layers; at commit d2bdf28) | -11.2 | -9.3 |
 
-Every row reads kinder on the grid's one draw; over the draws the k/v alone, which learns no motion, keeps more of the
-base's motions than the default in 9 of 10 runs (docs/ablation.md, "How far to trust a number").
+The grid's one draw reads every row kinder but the paper's layers, which lose as little as the k/v alone; over the draws
+the k/v alone, which learns no motion, keeps more of the base's motions than the default in 9 of 10 runs
+(docs/ablation.md, "How far to trust a number").
 """
 
 import argparse
