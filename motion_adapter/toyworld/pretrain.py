@@ -224,12 +224,12 @@ def pretrain(
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints, export=None, decay_from=_VAE_DECAY_FROM,
     )  # fmt: skip
     vae.eval().requires_grad_(False)
-    if vae_trained:
-        why = "trained on the earlier VAE's latents (the VAE trained further in this call)"
-        _drop_checkpoints(output_dir, ("unet", "refine"), why, log)
 
     # The clip pool, encoded once: (n, 4, frames, 8, 8) latents scaled to unit standard deviation.
-    latents, combos = _latent_pool(vae, seed, pool_size, output_dir, log, device)
+    latents, combos, other_vae = _latent_pool(vae, seed, pool_size, output_dir, log, device)
+    if vae_trained or other_vae:  # the second: a call stopped after the VAE trained on, before this point
+        why = "trained on the earlier VAE's latents (the VAE trained further since)"
+        _drop_checkpoints(output_dir, ("unet", "refine"), why, log)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     latents = latents.to(device) * vae.config.scaling_factor
     captions = _caption_ids(tokenizer, combos).to(device)
@@ -586,7 +586,8 @@ def _latent_pool(vae, seed, pool_size, output_dir, log, device):
     """Render and encode `pool_size` clips, cycling through the combos (cached in latents.safetensors).
 
     The cache records a digest of the weights of the VAE that encoded it, and is encoded again by any other VAE
-    (one trained further on resume). Returns ((n, 4, frames, 8, 8) unscaled latent means, the combo of each clip).
+    (one trained further on resume). Returns ((n, 4, frames, 8, 8) unscaled latent means, the combo of each clip,
+    whether the cache was another recorded VAE's).
     """
     from safetensors import safe_open
 
@@ -594,11 +595,13 @@ def _latent_pool(vae, seed, pool_size, output_dir, log, device):
     pool = [combos[i % len(combos)] for i in range(pool_size)]
     path = output_dir / _LATENTS
     digest = weights_digest(vae)
+    other_vae = False
     if path.is_file():
         with safe_open(str(path), "pt") as file:
             encoded_by, latents = (file.metadata() or {}).get("vae"), file.get_tensor("latents")
         if encoded_by == digest and len(latents) == len(pool):
-            return latents, pool
+            return latents, pool, False
+        other_vae = encoded_by is not None and encoded_by != digest
         if encoded_by != digest:
             log(f"pool: {_LATENTS} was encoded by another VAE ({encoded_by or 'unrecorded'}, this one is {digest}): "
                 "encoding it again")
@@ -613,7 +616,7 @@ def _latent_pool(vae, seed, pool_size, output_dir, log, device):
     latents = torch.cat(chunks)
     atomic_save_tensors({"latents": latents.contiguous()}, path, {"vae": digest})
     log(f"pool: {len(pool)} clips encoded in {_clock(time.time() - tick)}")
-    return latents, pool
+    return latents, pool, other_vae
 
 
 def _caption_ids(tokenizer, combos) -> torch.Tensor:

@@ -159,6 +159,21 @@ def test_a_vae_trained_further_on_resume_encodes_the_pool_again_and_restarts_the
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
 
 
+def test_a_call_stopped_after_the_vae_trained_on_still_restarts_the_denoiser_on_resume(tmp_path, monkeypatch):
+    out = toyworld.pretrain(tmp_path / "run", steps=2, **_TINY_RUN)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # the VAE trains to step 4, then the call stops before the pool
+        patch.setattr(pretrain_module, "_latent_pool", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            toyworld.pretrain(out, steps=2, **{**_TINY_RUN, "vae_steps": 4})
+    toyworld.pretrain(out, steps=2, **{**_TINY_RUN, "vae_steps": 4})  # the VAE has nothing left to train
+    log = (out / "log.txt").read_text().split("vae: resumed from vae-0000004")[-1]
+    assert "unet: not resuming unet-0000002" in log and "unet: resumed" not in log
+
+
 def test_pretrain_refuses_a_checkpoint_past_the_steps_asked_for(tmp_path):
     out = toyworld.pretrain(tmp_path / "run", steps=2, **_TINY_RUN)
     weights = out / "unet" / "diffusion_pytorch_model.safetensors"
