@@ -1,9 +1,9 @@
 """What a grid's adapters tie their motion to: the token, any unknown word, or every prompt.
 
-Each run of a finished grid is scored on its new-appearance prompts ("a blue star doing the pll", as the grid
-scores it) and on the same prompts and starting noises worded two other ways: another unknown word in the token's
-place ("a blue star doing the qrv") and a motion the base knows ("a blue star standing still"). It prints, per run,
-the share of clips read as the taught motion in each wording and the share of "standing still" clips read still;
+Each run of a finished grid is scored on its new-appearance prompts ("a yellow triangle doing the pll", as the grid
+scores it) and on the same prompts and starting noises worded two other ways: another unknown word in the token's place
+("a yellow triangle doing the qrv") and a motion the base knows ("a yellow triangle standing still"). It prints, per
+run, the share of clips read as the taught motion in each wording and the share of "standing still" clips read still;
 the base, with no adapter, beside them.
 
     python benchmarks/token_binding.py --grid ablation-full [--variants default motion] [--word qrv]
