@@ -4,6 +4,7 @@ The only module that imports huggingface_hub. A local path and a Hub repo id go 
 returns a local path either way, so everything after it is one code path.
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -128,7 +129,8 @@ def push_to_hub(
             if readme.is_file() and CARD_MARKER not in readme.read_text(encoding="utf-8", errors="replace"):
                 shutil.copyfile(readme, staging / CARD_NAME)
             else:
-                card = model_card(info, source=repo_id, sample=samples[0].name if samples else None)
+                card = model_card(info, source=repo_id, sample=samples[0].name if samples else None,
+                                  revision=revision)
                 (staging / CARD_NAME).write_text(card, encoding="utf-8")
             return api.upload_folder(
                 repo_id=repo_id,
@@ -152,11 +154,11 @@ def _reaching_the_hub(action: str):
         ) from error
 
 
-def model_card(info: AdapterInfo, *, source: str, sample: str | None = None) -> str:
+def model_card(info: AdapterInfo, *, source: str, sample: str | None = None, revision: str | None = None) -> str:
     """A Hub model card that only displays what the adapter's header holds.
 
-    `source` is where the usage snippet loads the adapter from (its Hub repo id, or its folder); `sample` is the
-    file name of an animation inside the adapter folder.
+    `source` is where the usage snippet loads the adapter from (its Hub repo id, or its folder), at `revision` (a
+    branch it was pushed to); `sample` is the file name of an animation inside the adapter folder.
     """
     data = ModelCardData(
         base_model=info.base_model if _is_hub_id(info.base_model) and info.base_model != TOYWORLD_BASE_ID else None,
@@ -185,12 +187,14 @@ def model_card(info: AdapterInfo, *, source: str, sample: str | None = None) -> 
         lines.append("- training: " + ", ".join(f"{key} {value}" for key, value in info.training.items()))
     if sample:
         lines += ["", f"![sample]({sample})"]
-    lines += ["", "## Usage", "", "```python", *_usage(info.base_model, source, prompt), "```", "", CARD_MARKER, ""]
+    usage = _usage(info.base_model, source, prompt, revision)
+    lines += ["", "## Usage", "", "```python", *usage, "```", "", CARD_MARKER, ""]
     return str(ModelCard("\n".join(lines)))
 
 
-def _usage(base_model: str | None, source: str, prompt: str) -> list[str]:
-    """The card's usage snippet: load the base the adapter was trained on, load the adapter, generate."""
+def _usage(base_model: str | None, source: str, prompt: str, revision: str | None) -> list[str]:
+    """The card's usage snippet: load the base the adapter was trained on, load the adapter, generate. Values go in
+    as string literals (a prompt with quotes, a Windows path), so the snippet runs as written."""
     if base_model == TOYWORLD_BASE_ID:
         load_base = [
             "from motion_adapter import toyworld",
@@ -205,13 +209,13 @@ def _usage(base_model: str | None, source: str, prompt: str) -> list[str]:
             "from diffusers import DiffusionPipeline",
             "import motion_adapter  # adds pipe.load_motion_adapter",
             "",
-            f'pipe = DiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")',
+            f'pipe = DiffusionPipeline.from_pretrained({json.dumps(base)}, torch_dtype=torch.float16).to("cuda")',
         ]
         frames = 16
     return [
         *load_base,
-        f'pipe.load_motion_adapter("{source}")',
-        f'frames = pipe("{prompt}", num_frames={frames}).frames[0]',
+        f"pipe.load_motion_adapter({json.dumps(source)}{f', revision={json.dumps(revision)}' if revision else ''})",
+        f"frames = pipe({json.dumps(prompt)}, num_frames={frames}).frames[0]",
     ]
 
 

@@ -79,6 +79,15 @@ def test_model_card_shows_the_header(tmp_path):
     assert f'pipe.load_motion_adapter("{folder}")' in card
 
 
+def test_the_cards_snippet_runs_as_written_with_quotes_in_its_prompt(tmp_path):
+    pipe = tiny_pipeline()
+    ma.add_motion_adapter(pipe, "pll", rank=4, token="pll", prompt_template='a dog doing the "pll" dance')
+    folder = ma.save_motion_adapter(pipe, "pll", tmp_path / "pll")
+    snippet = (folder / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    compile(snippet, "card", "exec")
+    assert 'pipe("a dog doing the \\"pll\\" dance", num_frames=16)' in snippet
+
+
 def test_a_users_readme_is_never_overwritten(tmp_path):
     folder = tmp_path / "pll"
     folder.mkdir()

@@ -130,7 +130,7 @@ def test_push_sends_one_commit_with_adapter_and_card(adapter_dir):
         meta["library_name"] == "motion-adapter"
         and {"text-to-video", "lora", "motion-customization"} <= set(meta["tags"])
     )
-    assert 'pipe.load_motion_adapter("user/pll")' in card and "![sample](sample.gif)" in card
+    assert 'pipe.load_motion_adapter("user/pll", revision="v1")' in card and "![sample](sample.gif)" in card
     assert (
         api.sent["pytorch_lora_weights.safetensors"]
         == (adapter_dir / "pytorch_lora_weights.safetensors").read_bytes()
