@@ -26,6 +26,9 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 WRITE_SUFFIXES = (".gif", ".mp4")
 GIF_FPS = (100 / 65535, 50.0)  # the rates a GIF's 16-bit delays in 1/100 s hold, players slowing delays under 2
+# The rates an MP4 is written at as asked (within 0.1%, its rate a fraction of denominator <= 1001); at 0.0006 fps
+# that fraction is 1/1001, and at 100,000 fps FFmpeg wrote a file that decodes to no frame.
+MP4_FPS = (0.01, 10_000.0)
 
 # MP4 encoders tried in order; the first one the installed PyAV/FFmpeg build can encode with is used.
 MP4_CODECS = ("h264", "mpeg4")
@@ -294,6 +297,11 @@ def check_writable(path: Path, fps: float) -> None:
         raise ValueError(
             f"A GIF stores frame delays in 1/100 s and players slow delays under 2/100 s: fps={fps:g} is outside "
             f"[{GIF_FPS[0]:g}, {GIF_FPS[1]:g}]; write .mp4 for this rate."
+        )
+    if suffix == ".mp4" and not MP4_FPS[0] <= fps <= MP4_FPS[1]:
+        raise ValueError(
+            f"An MP4 is written at fps in [{MP4_FPS[0]:g}, {MP4_FPS[1]:g}]; fps={fps:g} would be stored as another "
+            "rate, or as a file that decodes to no frame."
         )
 
 

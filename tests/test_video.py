@@ -140,6 +140,18 @@ def test_a_rate_the_file_cannot_hold_is_refused(tmp_path, fps):
         write_video(tmp_path / "clip.gif", moving_square(), fps=fps)
 
 
+@pytest.mark.parametrize("fps", [0.0006, 100_000])
+def test_an_mp4_rate_it_would_store_as_another_is_refused(tmp_path, fps):
+    with pytest.raises(ValueError, match=rf"An MP4 is written at fps in \[0.01, 10000\]; fps={fps:g} would be stored"):
+        write_video(tmp_path / "clip.mp4", moving_square(), fps=fps)
+    assert not (tmp_path / "clip.mp4").exists()
+
+
+@pytest.mark.parametrize("fps", [0.01, 10_000])
+def test_an_mp4_at_the_ends_of_its_rates_reads_back_at_them(tmp_path, fps):
+    assert read_video(write_video(tmp_path / "clip.mp4", moving_square(), fps=fps))[1] == pytest.approx(fps, rel=1e-3)
+
+
 def test_write_unknown_suffix_lists_supported(tmp_path):
     with pytest.raises(ValueError, match=r"\.gif, \.mp4"):
         write_video(tmp_path / "clip.avi", moving_square())
