@@ -160,14 +160,13 @@ def _pretrain_options() -> dict:
 def _check_data(*, clips=(), images=()) -> None:
     """Fail on missing data, or a folder holding no clips or images, before minutes of loading the base model: the
     training loop's own listing, whose warnings about other files it gives again when it loads the data."""
-    from .training.data import find_sources
-    from .video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+    from .training.data import find_clips, find_images
 
-    for paths, suffixes, frame_folders in ((clips, VIDEO_SUFFIXES, True), (images, IMAGE_SUFFIXES, False)):
-        for path in filter(None, paths):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                find_sources(path, suffixes=suffixes, frame_folders=frame_folders)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for find, paths in ((find_clips, clips), (find_images, images)):
+            for path in filter(None, paths):
+                find(path)
 
 
 def _positive_int(text: str) -> int:

@@ -90,7 +90,7 @@ def load_clip_folder(
         raise ValueError(
             f"Give a positive fps or a frame_stride, not both (got fps={fps}, frame_stride={frame_stride})."
         )
-    sources = find_sources(data, suffixes=VIDEO_SUFFIXES, frame_folders=True)
+    sources = find_clips(data)
     captions = resolve_captions(sources, data=data, token=token, caption_template=caption_template,
                                 example="a person doing the {token}")
     sizes = bucket_sizes(height, width, multiple_of=multiple_of) if bucket else [(height, width)]
@@ -155,7 +155,7 @@ def load_image_folder(
     Captions, resizing, cropping and buckets work as in `load_clip_folder`; frames is (1, 3, h, w).
     """
     check_size(height, width, multiple_of=multiple_of)
-    sources = find_sources(data, suffixes=IMAGE_SUFFIXES, frame_folders=False)
+    sources = find_images(data)
     captions = resolve_captions(sources, data=data, token=token, caption_template=caption_template,
                                 example="a photo of a {token}")
     sizes = bucket_sizes(height, width, multiple_of=multiple_of) if bucket else [(height, width)]
@@ -199,6 +199,16 @@ def check_size(height: int, width: int, *, multiple_of: int) -> None:
                 f"{name}={value} must be a positive multiple of {multiple_of} (the VAE's downsampling factor): "
                 f"use {lower} or {lower + multiple_of}."
             )
+
+
+def find_clips(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The clips `load_clip_folder` reads from `data`: video files and folders of frames (`find_sources`)."""
+    return find_sources(data, suffixes=VIDEO_SUFFIXES, frame_folders=True)
+
+
+def find_images(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The images `load_image_folder` reads from `data` (`find_sources`)."""
+    return find_sources(data, suffixes=IMAGE_SUFFIXES, frame_folders=False)
 
 
 def find_sources(

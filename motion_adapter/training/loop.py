@@ -508,7 +508,7 @@ def _fingerprint(examples: list[ClipExample], *, images: bool) -> str:
         source = example.source  # a file, a frame folder, or a name for clips the base generated
         files = [source] if source.is_file() else sorted(source.iterdir()) if source.is_dir() else []
         size = sum(path.stat().st_size for path in files)
-        digest.update(json.dumps([example.source.name, size, example.frames.shape[0], example.caption]).encode())
+        digest.update(json.dumps([source.name, size, example.frames.shape[0], example.caption]).encode())
     return f"{len(examples)} {'images' if images else 'clips'}, sha256 {digest.hexdigest()[:12]}"
 
 
