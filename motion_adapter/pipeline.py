@@ -515,10 +515,12 @@ def _check_token_clash(pipe, state: _MotionState, adapter_name: str, tokens, fix
         return tuple(tokenizer(token, add_special_tokens=False).input_ids) if tokenizer is not None else token
 
     for other_name, other in state.adapters.items():
+        if other_name == adapter_name:
+            continue
         theirs = {read(token): token for token in other.info.tokens}
         for token in sorted(tokens):
-            if other_name != adapter_name and read(token) in theirs:
-                claimed = theirs[read(token)]
+            claimed = theirs.get(read(token))
+            if claimed is not None:
                 same = "" if claimed == token else f" (which this tokenizer reads as its {claimed!r})"
                 raise AdapterStateError(
                     f"token {token!r} of adapter {adapter_name!r} is already claimed by adapter {other_name!r}{same}; "
